@@ -1,0 +1,245 @@
+"""Serving a server: stdio, or stateless streamable HTTP at ``/mcp`` with probes and metrics.
+
+Every server is made by ``new_server`` so that all of them behave alike:
+
+- bad arguments reach the client as ``invalid_argument: <field>: <reason>``;
+- our own errors (``servers.runtime.errors``) pass through as written; anything else is masked
+  to a generic error and logged with its traceback;
+- every tool call is counted and timed on ``/metrics``.
+
+Over HTTP the app validates ``Host`` and ``Origin`` (DNS-rebinding protection) and answers
+``/healthz`` (the process is up), ``/readyz`` (its backends answer) and ``/metrics``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import mcp.types as mt
+import psycopg
+import uvicorn
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import ValidationError as FastMCPValidationError
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools.base import ToolResult
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from servers.runtime import telemetry
+from servers.runtime.errors import InvalidArgument, SupportMeshError, Unavailable
+from servers.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LifespanFn = Callable[[FastMCP[Any]], contextlib.AbstractAsyncContextManager[Any]]
+# (lifespan state, prompt name or resource template URI, argument name, typed prefix,
+#  other arguments already given) -> the values that complete it
+Completer = Callable[[Any, str, str, str, dict[str, str]], Awaitable[list[str]]]
+
+
+def invalid_argument(exc: ValidationError) -> InvalidArgument:
+    """The first problem pydantic found, as ``invalid_argument: <field>: <reason>``."""
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"]) or None
+    reason = error["msg"]
+    if error["type"] == "missing_argument" or error["type"] == "missing":
+        reason = "required"
+    elif error["type"] == "unexpected_keyword_argument":
+        reason = "not a parameter of this tool"
+    return InvalidArgument(field, reason)
+
+
+def _find_nul(value: object, path: str) -> str | None:
+    """The path of the first string holding a NUL character (PostgreSQL cannot store one)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items: list[tuple[str, object]] = [
+            (f"{path}.{k}" if path else str(k), v) for k, v in value.items()
+        ]
+    elif isinstance(value, list):
+        items = [(f"{path}.{i}", v) for i, v in enumerate(value)]
+    else:
+        return None
+    return next((found for p, v in items if (found := _find_nul(v, p))), None)
+
+
+class ToolCallMiddleware(Middleware):
+    """Turns errors into typed tool errors and records each call's outcome and latency."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+
+    async def on_call_tool(
+        self,
+        context: MiddlewareContext[mt.CallToolRequestParams],
+        call_next: CallNext[mt.CallToolRequestParams, ToolResult],
+    ) -> ToolResult:
+        tool, started, outcome = context.message.name, time.perf_counter(), "ok"
+        try:
+            if field := _find_nul(context.message.arguments or {}, ""):
+                raise InvalidArgument(field, "text must not contain NUL characters")
+            return await call_next(context)
+        except SupportMeshError as exc:
+            outcome = exc.code.value
+            raise
+        except FastMCPValidationError as exc:
+            outcome = "invalid_argument"
+            if isinstance(exc.__cause__, ValidationError):
+                raise invalid_argument(exc.__cause__) from exc
+            raise InvalidArgument(None, str(exc)) from exc
+        except ValidationError as exc:  # a model built inside the tool from its arguments
+            outcome = "invalid_argument"
+            raise invalid_argument(exc) from exc
+        except psycopg.OperationalError as exc:
+            outcome = "unavailable"
+            raise Unavailable(None, "the database is unavailable; retry later") from exc
+        except ToolError:
+            outcome = "error"
+            raise
+        except Exception:
+            outcome = "internal"
+            log.exception("tool %s failed", tool)
+            raise
+        finally:
+            telemetry.TOOL_CALLS.labels(self.server, tool, outcome).inc()
+            telemetry.TOOL_SECONDS.labels(self.server, tool).observe(time.perf_counter() - started)
+
+
+def new_server(
+    name: str, instructions: str, lifespan: LifespanFn, completer: Completer | None = None
+) -> FastMCP[Any]:
+    """A FastMCP server with SupportMesh's error handling, metrics and completions."""
+    server: FastMCP[Any] = FastMCP(
+        name,
+        instructions=instructions,
+        lifespan=lifespan,
+        middleware=[ToolCallMiddleware(name)],
+        mask_error_details=True,
+    )
+    if completer is not None:
+        register_completions(server, completer)
+    return server
+
+
+def register_completions(server: FastMCP[Any], completer: Completer) -> None:
+    """Answer ``completion/complete`` through ``completer``.
+
+    FastMCP has no decorator for this, so the handler goes on the low-level MCP server.
+    """
+
+    @server._mcp_server.completion()  # type: ignore[untyped-decorator, no-untyped-call]
+    async def complete(
+        ref: mt.PromptReference | mt.ResourceTemplateReference,
+        argument: mt.CompletionArgument,
+        context: mt.CompletionContext | None,
+    ) -> mt.Completion:
+        name = ref.name if isinstance(ref, mt.PromptReference) else ref.uri
+        others = dict(context.arguments or {}) if context else {}
+        state = server._mcp_server.request_context.lifespan_context
+        values = await completer(state, name, argument.name, argument.value, others)
+        return mt.Completion(values=values[:100], total=len(values), hasMore=len(values) > 100)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+async def _postgres_ready(url: str) -> None:
+    conn = await psycopg.AsyncConnection.connect(url, connect_timeout=2)
+    await conn.close()
+
+
+def http_app(server: FastMCP[Any], settings: Settings, needs: Sequence[str]) -> Starlette:
+    """The server's Starlette app: MCP at ``/mcp`` plus ``/healthz``, ``/readyz``, ``/metrics``.
+
+    ``needs`` names the backends ``/readyz`` checks (``postgres``, ``redis``).
+    """
+    checks: dict[str, Callable[[], Awaitable[None]]] = {}
+    if "postgres" in needs and settings.postgres_url:
+        url = settings.postgres_url
+        checks["postgres"] = lambda: _postgres_ready(url)
+    if "redis" in needs and settings.redis_url:
+        from redis.asyncio import Redis
+
+        redis_url = settings.redis_url
+
+        async def redis_ready() -> None:
+            async with Redis.from_url(redis_url, socket_timeout=2) as client:
+                await client.ping()  # type: ignore[misc]
+
+        checks["redis"] = redis_ready
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "server": server.name})
+
+    async def readyz(_: Request) -> Response:
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=3)
+                results[name] = "ok"
+            except Exception as exc:  # a probe reports, it does not raise
+                results[name] = f"unavailable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in results.values())
+        return JSONResponse(
+            {"ready": ready, "backends": results}, status_code=200 if ready else 503
+        )
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+        server.custom_route(path, methods=["GET"])(endpoint)
+    return server.http_app(
+        path="/mcp",
+        stateless_http=True,
+        json_response=True,
+        host_origin_protection=True,
+        allowed_hosts=[*settings.allowed_hosts, settings.host],
+        allowed_origins=settings.allowed_origins,
+    )
+
+
+class _Uvicorn(uvicorn.Server):
+    """Leaves SIGINT/SIGTERM to the caller, which may run several servers in one loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving_http(app: Starlette, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
+    """Serve ``app`` in this event loop until the block exits."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    web = _Uvicorn(config)
+    task = asyncio.create_task(web.serve())
+    try:
+        while not web.started:
+            if task.done():
+                task.result()  # raises why it stopped
+                raise RuntimeError(f"HTTP server on {host}:{port} stopped during start-up")
+            await asyncio.sleep(0.02)
+        yield web
+    finally:
+        web.should_exit = True
+        await task
+
+
+async def serve_stdio(server: FastMCP[Any]) -> None:
+    await server.run_async(transport="stdio", show_banner=False)

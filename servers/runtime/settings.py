@@ -1,0 +1,42 @@
+"""Settings for every server and command, from ``SUPPORTMESH_*`` variables or a ``.env`` file.
+
+Built once in ``main()`` (or a test fixture) and passed down; never read at import time. A
+backend whose URL is unset runs embedded under ``data_dir`` (see ``backends.py``).
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.ticketing import SlaPolicy
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUPPORTMESH_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".supportmesh"), description="Where embedded engines keep data.")
+    postgres_url: str | None = Field(None, description="postgresql://… ; unset = embedded.")
+    redis_url: str | None = Field(None, description="redis://… ; unset = embedded Valkey.")
+    kafka_bootstrap: str | None = Field(None, description="host:port ; unset = embedded Tansu.")
+    qdrant_url: str | None = Field(None, description="http://… ; unset = local mode on disk.")
+    kafka_enable_idempotence: bool = Field(
+        False, description="Use the idempotent producer (real Kafka only; Tansu lacks it)."
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP transport binds.")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"],
+        description="Host header values HTTP servers accept (DNS-rebinding protection).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1", "http://localhost", "http://[::1]"],
+        description="Origin header values (scheme://host, any port) HTTP servers accept.",
+    )
+    log_level: str = "INFO"
+    actor: str = Field("local-user", description="Who the stdio transport acts as (audit).")
+
+    outbox_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the outbox relay looks for events it was not told of."
+    )
+    sla_policy: SlaPolicy = Field(default_factory=SlaPolicy)

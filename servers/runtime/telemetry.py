@@ -1,0 +1,45 @@
+"""JSON logs and Prometheus metrics (DESIGN §8), the same for every server.
+
+Logs go to stderr (stdout belongs to the stdio transport). Metrics carry a ``server`` label so
+that several servers in one process (``supportmesh up``) stay apart on ``/metrics``.
+"""
+
+import logging
+import sys
+
+from prometheus_client import Counter, Gauge, Histogram
+from pythonjsonlogger.json import JsonFormatter
+
+TOOL_CALLS = Counter(
+    "supportmesh_tool_calls_total", "MCP tool calls by outcome", ["server", "tool", "outcome"]
+)
+TOOL_SECONDS = Histogram(
+    "supportmesh_tool_seconds",
+    "MCP tool call latency",
+    ["server", "tool"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_UNSENT = Gauge("supportmesh_outbox_unsent", "Outbox events not yet on Kafka", ["server"])
+EVENTS_PUBLISHED = Counter(
+    "supportmesh_events_published_total", "Events published to Kafka", ["server", "topic"]
+)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One JSON object per line on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    fastmcp_log = logging.getLogger("fastmcp")  # has a rich handler of its own: use ours
+    fastmcp_log.handlers[:] = []
+    fastmcp_log.propagate = True
+    for noisy in ("aiokafka", "httpx", "mcp.server.lowlevel.server", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,108 @@
+"""The one way a tool writes: a transaction that also keys, audits and emits.
+
+``perform_write`` runs the tool's change in one transaction together with
+
+- the idempotency key: a repeat of (tool, key) with the same arguments returns the first result
+  and changes nothing; with other arguments it is a ``conflict``;
+- an audit row (actor, tool, arguments hash, subject, result);
+- its events, written to the outbox and published by the relay after commit.
+
+If anything fails, none of it happened.
+"""
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel
+
+from schemas.events import Event, Topic
+from servers.runtime.database import Pool, Row
+from servers.runtime.errors import Conflict, Unavailable
+
+R = TypeVar("R", bound=BaseModel)
+
+LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+FIND_KEY = "SELECT arguments_hash, result FROM idempotency_keys WHERE tool = %s AND key = %s"
+SAVE_KEY = """
+    INSERT INTO idempotency_keys (tool, key, arguments_hash, result) VALUES (%s, %s, %s, %s)
+"""
+INSERT_AUDIT = """
+    INSERT INTO audit (actor, tool, arguments_hash, subject, result) VALUES (%s, %s, %s, %s, %s)
+"""
+INSERT_OUTBOX = "INSERT INTO outbox (id, topic, key, event) VALUES (%s, %s, %s, %s)"
+NOTIFY_RELAY = "SELECT pg_notify('outbox_' || current_schema(), '')"
+
+
+@dataclass
+class Write:
+    """The open transaction of one write, handed to the tool's change."""
+
+    conn: AsyncConnection[Row]
+    source: str
+    trace_id: str | None
+    subject: str | None = None
+    events: list[tuple[Topic, Event]] = field(default_factory=list)
+
+    def emit(self, topic: Topic, type: str, subject: str, data: dict[str, Any]) -> None:
+        """Queue an event; it is committed with the change and published after."""
+        event = Event(
+            type=type, source=self.source, subject=subject, data=data, trace_id=self.trace_id
+        )
+        self.events.append((topic, event))
+        self.subject = self.subject or subject
+
+
+def arguments_hash(arguments: dict[str, Any]) -> str:
+    canonical = json.dumps(arguments, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def perform_write(
+    pool: Pool,
+    *,
+    source: str,
+    tool: str,
+    actor: str,
+    arguments: dict[str, Any],
+    idempotency_key: str | None,
+    result_type: type[R],
+    change: Callable[[Write], Awaitable[R]],
+    trace_id: str | None = None,
+) -> R:
+    """Run ``change`` once per idempotency key, atomically with its audit row and events."""
+    digest = arguments_hash(arguments)
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            if idempotency_key is not None:
+                await conn.execute(LOCK_KEY, [f"{tool}:{idempotency_key}"])
+                cur = await conn.execute(FIND_KEY, [tool, idempotency_key])
+                if (first := await cur.fetchone()) is not None:
+                    if first["arguments_hash"] != digest:
+                        raise Conflict(
+                            "idempotency_key", "already used for a call with other arguments"
+                        )
+                    return result_type.model_validate(first["result"])
+            write = Write(conn=conn, source=source, trace_id=trace_id)
+            result = await change(write)
+            stored = Jsonb(result.model_dump(mode="json"))
+            for topic, event in write.events:
+                await conn.execute(
+                    INSERT_OUTBOX,
+                    [event.id, topic.value, event.subject, Jsonb(event.model_dump(mode="json"))],
+                )
+            if write.events:
+                await conn.execute(NOTIFY_RELAY)
+            await conn.execute(INSERT_AUDIT, [actor, tool, digest, write.subject, stored])
+            if idempotency_key is not None:
+                await conn.execute(SAVE_KEY, [tool, idempotency_key, digest, stored])
+            return result
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure) as exc:
+        raise Conflict(None, "another change to the same record is in progress; retry") from exc
+    except psycopg.OperationalError as exc:
+        raise Unavailable(None, f"database unavailable: {exc}") from exc

@@ -1,0 +1,450 @@
+"""Tickets in PostgreSQL: the reads and the writes the ticketing tools run.
+
+Every write goes through ``perform_write`` (one transaction with its idempotency key, audit row
+and events). The rules live in ``lifecycle.py`` (status) and ``sla.py`` (due times).
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from schemas.events import Topic
+from schemas.ticketing import (
+    Comment,
+    NewTicket,
+    SlaPolicy,
+    StatusChange,
+    Ticket,
+    TicketChange,
+    TicketDetail,
+    TicketPage,
+    TicketQuery,
+    TicketStatus,
+)
+from servers.runtime.auth import Caller
+from servers.runtime.database import Pool, Row
+from servers.runtime.errors import InvalidArgument, NotFound
+from servers.runtime.writes import Write, perform_write
+from servers.ticketing.lifecycle import check_transition, ensure_not_closed, path_to_closed
+from servers.ticketing.sla import compute_sla
+
+SOURCE = "ticketing"
+COLUMNS = """id, subject, description, status, priority, channel, customer_id, requester_email,
+    assignee, tags, created_at, updated_at, first_responded_at, solved_at, closed_at"""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_ticket(row: Row, policy: SlaPolicy, at: datetime) -> Ticket:
+    sla = compute_sla(
+        policy, row["priority"], row["created_at"], row["first_responded_at"], row["solved_at"], at
+    )
+    return Ticket.model_validate({**row, "sla": sla})
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+SELECT_TICKET = f"SELECT {COLUMNS} FROM tickets WHERE id = %s"
+SELECT_COMMENTS = """
+    SELECT id, ticket_id, author, body, public, created_at FROM comments
+    WHERE ticket_id = %s ORDER BY id
+"""
+SELECT_HISTORY = """
+    SELECT from_status, to_status, actor, at FROM status_history WHERE ticket_id = %s ORDER BY id
+"""
+
+
+async def _fetch_row(conn: AsyncConnection[Row], ticket_id: int, lock: bool = False) -> Row:
+    sql = SELECT_TICKET + (" FOR UPDATE" if lock else "")
+    row = await (await conn.execute(sql, [ticket_id])).fetchone()
+    if row is None:
+        raise NotFound("ticket_id", f"no ticket {ticket_id}")
+    return row
+
+
+async def _detail(conn: AsyncConnection[Row], row: Row, policy: SlaPolicy) -> TicketDetail:
+    comments = await (await conn.execute(SELECT_COMMENTS, [row["id"]])).fetchall()
+    history = await (await conn.execute(SELECT_HISTORY, [row["id"]])).fetchall()
+    return TicketDetail(
+        **to_ticket(row, policy, now()).model_dump(),
+        comments=[Comment.model_validate(c) for c in comments],
+        history=[StatusChange.model_validate(h) for h in history],
+    )
+
+
+async def get_ticket(pool: Pool, policy: SlaPolicy, ticket_id: int) -> TicketDetail:
+    async with pool.connection() as conn:
+        return await _detail(conn, await _fetch_row(conn, ticket_id), policy)
+
+
+def _encode_cursor(key: list[Any], filters_digest: str) -> str:
+    raw = json.dumps({"k": key, "f": filters_digest}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, filters_digest: str, ranked: bool) -> list[Any]:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        key, digest = doc["k"], doc["f"]
+        if ranked:
+            key = [float(key[0]), int(key[1])]
+        else:
+            key = [datetime.fromisoformat(key[0]), int(key[1])]
+    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as exc:
+        raise InvalidArgument("cursor", "not a cursor returned by search_tickets") from exc
+    if digest != filters_digest:
+        raise InvalidArgument("cursor", "belongs to a search with other filters")
+    return list(key)
+
+
+async def search_tickets(
+    pool: Pool, policy: SlaPolicy, query: TicketQuery, cursor: str | None
+) -> TicketPage:
+    """Full-text and filtered search, newest first (or best match first when ``text`` is set)."""
+    text = (query.text or "").strip()
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
+    if query.status:
+        where.append("status = ANY(%s)")
+        params.append([s.value for s in query.status])
+    if query.priority:
+        where.append("priority = ANY(%s)")
+        params.append([p.value for p in query.priority])
+    for column in ("customer_id", "assignee"):
+        if (value := getattr(query, column)) is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if query.tag is not None:
+        where.append("tags @> ARRAY[%s]")
+        params.append(query.tag)
+    if query.created_after is not None:
+        where.append("created_at >= %s")
+        params.append(query.created_after)
+    if query.created_before is not None:
+        where.append("created_at < %s")
+        params.append(query.created_before)
+
+    if text:
+        rank = "ts_rank_cd(search, websearch_to_tsquery('english', %s))"
+        where.append("search @@ websearch_to_tsquery('english', %s)")
+        params.append(text)
+        sort_sql, sort_params = f"{rank}::float8", [text]
+        order = f"{rank} DESC, id DESC"
+        after = f"({rank}, id) < (%s::real, %s)"
+    else:
+        sort_sql, sort_params = "created_at", []
+        order = "created_at DESC, id DESC"
+        after = "(created_at, id) < (%s, %s)"
+
+    digest = hashlib.sha256(query.model_dump_json(exclude={"limit"}).encode()).hexdigest()[:16]
+    if cursor is not None:
+        key = _decode_cursor(cursor, digest, ranked=bool(text))
+        where.append(after)
+        params += ([text] if text else []) + key
+
+    sql = f"""
+        SELECT {COLUMNS}, {sort_sql} AS sort_key FROM tickets
+        WHERE {" AND ".join(where)}
+        ORDER BY {order} LIMIT %s
+    """
+    order_params = [text] if text else []
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, [*sort_params, *params, *order_params, query.limit + 1])
+        rows = await cur.fetchall()
+    at = now()
+    page, more = rows[: query.limit], len(rows) > query.limit
+    next_cursor = None
+    if more:
+        last = page[-1]
+        sort_key = last["sort_key"] if text else last["created_at"].isoformat()
+        next_cursor = _encode_cursor([sort_key, last["id"]], digest)
+    return TicketPage(tickets=[to_ticket(r, policy, at) for r in page], next_cursor=next_cursor)
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+INSERT_TICKET = f"""
+    INSERT INTO tickets (subject, description, status, priority, channel, customer_id,
+                         requester_email, assignee, tags, created_at, updated_at)
+    VALUES (%s, %s, 'new', %s, %s, %s, %s, %s, %s, %s, %s)
+    RETURNING {COLUMNS}
+"""
+INSERT_HISTORY = """
+    INSERT INTO status_history (ticket_id, from_status, to_status, actor, at)
+    VALUES (%s, %s, %s, %s, %s)
+"""
+UPDATE_TICKET = f"""
+    UPDATE tickets SET status = %s, priority = %s, assignee = %s, tags = %s, updated_at = %s,
+                       first_responded_at = %s, solved_at = %s, closed_at = %s
+    WHERE id = %s RETURNING {COLUMNS}
+"""
+INSERT_COMMENT = """
+    INSERT INTO comments (ticket_id, author, body, public, created_at) VALUES (%s, %s, %s, %s, %s)
+    RETURNING id, ticket_id, author, body, public, created_at
+"""
+
+
+def _subject(ticket_id: int) -> str:
+    return f"ticket/{ticket_id}"
+
+
+async def create_ticket(
+    pool: Pool,
+    policy: SlaPolicy,
+    caller: Caller,
+    new: NewTicket,
+    idempotency_key: str | None,
+) -> TicketDetail:
+    async def change(write: Write) -> TicketDetail:
+        at = now()
+        tags = sorted(set(new.tags))
+        row = await (
+            await write.conn.execute(
+                INSERT_TICKET,
+                [
+                    new.subject,
+                    new.description,
+                    new.priority.value,
+                    new.channel.value,
+                    new.customer_id,
+                    new.requester_email,
+                    new.assignee,
+                    tags,
+                    at,
+                    at,
+                ],
+            )
+        ).fetchone()
+        assert row is not None
+        await write.conn.execute(INSERT_HISTORY, [row["id"], None, "new", caller.actor, at])
+        data = {
+            "ticket_id": row["id"],
+            "subject": new.subject,
+            "priority": new.priority.value,
+            "channel": new.channel.value,
+            "customer_id": new.customer_id,
+            "tags": tags,
+        }
+        write.emit(Topic.CUSTOMER_REQUESTS, "ticket.created", _subject(row["id"]), data)
+        write.emit(
+            Topic.AGENT_ACTIONS,
+            "ticket.created",
+            _subject(row["id"]),
+            {**data, "actor": caller.actor},
+        )
+        return await _detail(write.conn, row, policy)
+
+    return await perform_write(
+        pool,
+        source=SOURCE,
+        tool="create_ticket",
+        actor=caller.actor,
+        arguments=new.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
+        result_type=TicketDetail,
+        change=change,
+        trace_id=caller.trace_id,
+    )
+
+
+def _apply_status(
+    target: TicketStatus, policy: SlaPolicy, at: datetime, values: dict[str, Any]
+) -> None:
+    """Move ``values`` (a ticket row being edited) to ``target``, stamping the times it sets."""
+    current = TicketStatus(values["status"])
+    check_transition(
+        current,
+        target,
+        solved_at=values["solved_at"],
+        now=at,
+        reopen_window=timedelta(hours=policy.reopen_window_hours),
+    )
+    values["status"] = target.value
+    if target is TicketStatus.SOLVED:
+        values["solved_at"] = at
+    elif target is TicketStatus.CLOSED:
+        values["closed_at"] = at
+    elif current is TicketStatus.SOLVED:  # reopened: no longer resolved
+        values["solved_at"] = None
+
+
+async def _save(write: Write, values: dict[str, Any], at: datetime) -> Row:
+    updated = await (
+        await write.conn.execute(
+            UPDATE_TICKET,
+            [
+                values["status"],
+                values["priority"],
+                values["assignee"],
+                values["tags"],
+                at,
+                values["first_responded_at"],
+                values["solved_at"],
+                values["closed_at"],
+                values["id"],
+            ],
+        )
+    ).fetchone()
+    assert updated is not None
+    return updated
+
+
+async def update_ticket(
+    pool: Pool,
+    policy: SlaPolicy,
+    caller: Caller,
+    ticket_id: int,
+    change: TicketChange,
+    idempotency_key: str | None,
+) -> TicketDetail:
+    if (
+        change.status is None
+        and change.priority is None
+        and change.assignee is None
+        and not change.unassign
+        and not change.add_tags
+        and not change.remove_tags
+    ):
+        raise InvalidArgument(None, "nothing to update: give status, priority, assignee or tags")
+    if change.unassign and change.assignee is not None:
+        raise InvalidArgument("unassign", "give either assignee or unassign, not both")
+    if change.status is TicketStatus.CLOSED:
+        raise InvalidArgument("status", "use close_ticket to close a ticket")
+
+    async def apply(write: Write) -> TicketDetail:
+        at = now()
+        row = await _fetch_row(write.conn, ticket_id, lock=True)
+        values = dict(row)
+        ensure_not_closed(TicketStatus(row["status"]))
+        if change.status is not None and change.status.value != row["status"]:
+            _apply_status(change.status, policy, at, values)
+            await write.conn.execute(
+                INSERT_HISTORY, [ticket_id, row["status"], values["status"], caller.actor, at]
+            )
+        if change.priority is not None:
+            values["priority"] = change.priority.value
+        if change.assignee is not None or change.unassign:
+            values["assignee"] = change.assignee
+        tags = (set(row["tags"]) | set(change.add_tags)) - set(change.remove_tags)
+        values["tags"] = sorted(tags)
+        changed = {
+            k: [row[k], values[k]]
+            for k in ("status", "priority", "assignee", "tags")
+            if row[k] != values[k]
+        }
+        if changed:
+            row = await _save(write, values, at)
+            write.emit(
+                Topic.AGENT_ACTIONS,
+                "ticket.updated",
+                _subject(ticket_id),
+                {"ticket_id": ticket_id, "changes": changed, "actor": caller.actor},
+            )
+        return await _detail(write.conn, row, policy)
+
+    return await perform_write(
+        pool,
+        source=SOURCE,
+        tool="update_ticket",
+        actor=caller.actor,
+        arguments={"ticket_id": ticket_id, **change.model_dump(mode="json")},
+        idempotency_key=idempotency_key,
+        result_type=TicketDetail,
+        change=apply,
+        trace_id=caller.trace_id,
+    )
+
+
+async def add_comment(
+    pool: Pool,
+    caller: Caller,
+    ticket_id: int,
+    body: str,
+    public: bool,
+    idempotency_key: str | None,
+) -> Comment:
+    async def apply(write: Write) -> Comment:
+        at = now()
+        row = await _fetch_row(write.conn, ticket_id, lock=True)
+        ensure_not_closed(TicketStatus(row["status"]))
+        cur = await write.conn.execute(INSERT_COMMENT, [ticket_id, caller.actor, body, public, at])
+        comment = Comment.model_validate(await cur.fetchone())
+        if public and row["first_responded_at"] is None:
+            await write.conn.execute(
+                "UPDATE tickets SET first_responded_at = %s, updated_at = %s WHERE id = %s",
+                [at, at, ticket_id],
+            )
+        else:
+            await write.conn.execute(
+                "UPDATE tickets SET updated_at = %s WHERE id = %s", [at, ticket_id]
+            )
+        write.emit(
+            Topic.AGENT_ACTIONS,
+            "ticket.commented",
+            _subject(ticket_id),
+            {
+                "ticket_id": ticket_id,
+                "comment_id": comment.id,
+                "public": public,
+                "actor": caller.actor,
+            },
+        )
+        return comment
+
+    return await perform_write(
+        pool,
+        source=SOURCE,
+        tool="add_comment",
+        actor=caller.actor,
+        arguments={"ticket_id": ticket_id, "body": body, "public": public},
+        idempotency_key=idempotency_key,
+        result_type=Comment,
+        change=apply,
+        trace_id=caller.trace_id,
+    )
+
+
+async def close_ticket(
+    pool: Pool,
+    policy: SlaPolicy,
+    caller: Caller,
+    ticket_id: int,
+    idempotency_key: str | None,
+) -> TicketDetail:
+    async def apply(write: Write) -> TicketDetail:
+        at = now()
+        row = await _fetch_row(write.conn, ticket_id, lock=True)
+        values = dict(row)
+        for target in path_to_closed(TicketStatus(row["status"])):
+            before = values["status"]
+            _apply_status(target, policy, at, values)
+            await write.conn.execute(
+                INSERT_HISTORY, [ticket_id, before, target.value, caller.actor, at]
+            )
+        row = await _save(write, values, at)
+        write.emit(
+            Topic.AGENT_ACTIONS,
+            "ticket.closed",
+            _subject(ticket_id),
+            {"ticket_id": ticket_id, "actor": caller.actor},
+        )
+        return await _detail(write.conn, row, policy)
+
+    return await perform_write(
+        pool,
+        source=SOURCE,
+        tool="close_ticket",
+        actor=caller.actor,
+        arguments={"ticket_id": ticket_id},
+        idempotency_key=idempotency_key,
+        result_type=TicketDetail,
+        change=apply,
+        trace_id=caller.trace_id,
+    )
