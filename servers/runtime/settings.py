@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     kafka_enable_idempotence: bool = Field(
         False, description="Use the idempotent producer (real Kafka only; Tansu lacks it)."
     )
+    kafka_record_per_batch: bool = Field(
+        False,
+        description="Send one record per produce batch. Tansu, the embedded broker, gives a "
+        "multi-record batch one offset instead of one per record, which makes consumers skip "
+        "records; set automatically when Kafka is embedded.",
+    )
 
     host: str = Field("127.0.0.1", description="Interface the HTTP transport binds.")
     allowed_hosts: list[str] = Field(

@@ -5,7 +5,6 @@ let typed errors through. ``build_server(settings)`` makes the server; ``support
 ticketing`` runs it over stdio or HTTP.
 """
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -40,9 +39,9 @@ from schemas.ticketing import (
     TicketStatus,
 )
 from servers.runtime.auth import Caller, current_caller
-from servers.runtime.database import Pool, migrate_and_open
+from servers.runtime.database import Pool
 from servers.runtime.errors import InvalidArgument
-from servers.runtime.events import OutboxRelay
+from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
 from servers.ticketing import store
@@ -286,7 +285,7 @@ async def summarize_ticket(ticket_id: str, ctx: Context) -> list[Message]:
 
 
 COMPLETE_IDS = """
-    SELECT id::text AS id FROM tickets WHERE id::text LIKE %s ORDER BY id DESC LIMIT 100
+    SELECT id::text AS id FROM tickets WHERE id::text LIKE %s ORDER BY tickets.id DESC LIMIT 100
 """
 
 
@@ -305,28 +304,11 @@ async def complete_ticket_id(
 
 def build_server(settings: Settings) -> FastMCP[Any]:
     """The ticketing server, on the backends named in ``settings`` (all URLs set)."""
-    assert settings.postgres_url and settings.kafka_bootstrap, "start_backends() fills these"
-    postgres_url, bootstrap = settings.postgres_url, settings.kafka_bootstrap
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[Ticketing]:
-        pool = await migrate_and_open(postgres_url, NAME, MIGRATIONS)
-        relay = OutboxRelay(
-            pool,
-            postgres_url,
-            NAME,
-            bootstrap,
-            enable_idempotence=settings.kafka_enable_idempotence,
-            poll_seconds=settings.outbox_poll_seconds,
-        )
-        relaying = asyncio.create_task(relay.run(), name="ticketing-outbox-relay")
-        try:
+        async with schema_with_outbox(settings, NAME, MIGRATIONS) as pool:
             yield Ticketing(pool=pool, settings=settings)
-        finally:
-            relaying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relaying
-            await pool.close()
 
     server = new_server(NAME, INSTRUCTIONS, lifespan, completer=complete_ticket_id)
     server.tool(annotations=CREATE, title="Create ticket")(create_ticket)

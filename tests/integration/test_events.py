@@ -1,0 +1,128 @@
+"""Events leave through the outbox and arrive on Kafka, read back by a real consumer."""
+
+import asyncio
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastmcp import Client
+
+from schemas.events import Event
+from servers.runtime.backends import embedded_kafka, free_port
+from servers.runtime.settings import Settings
+from servers.ticketing.server import build_server
+from tests.conftest import fresh_database, read_events
+
+
+def about(subject: str, types: set[str]) -> Any:
+    def seen_all(events: list[Event]) -> bool:
+        return types <= {e.type for e in events if e.subject == subject}
+
+    return seen_all
+
+
+async def test_every_write_reaches_kafka(ticketing: Client[Any], settings: Settings) -> None:
+    assert settings.kafka_bootstrap
+    created = await ticketing.call_tool(
+        "create_ticket",
+        {
+            "subject": "Order never arrived",
+            "description": "Ordered 3 weeks ago.",
+            "customer_id": "yusuf_rossi_9620",
+        },
+    )
+    assert created.structured_content
+    tid = created.structured_content["id"]
+    await ticketing.call_tool("update_ticket", {"ticket_id": tid, "status": "open"})
+    await ticketing.call_tool(
+        "add_comment", {"ticket_id": tid, "body": "Tracking it.", "public": True}
+    )
+    await ticketing.call_tool("close_ticket", {"ticket_id": tid})
+
+    subject = f"ticket/{tid}"
+    actions = await read_events(
+        settings.kafka_bootstrap,
+        "agent.actions",
+        about(subject, {"ticket.created", "ticket.updated", "ticket.commented", "ticket.closed"}),
+    )
+    mine = [e for e in actions if e.subject == subject]
+    assert [e.type for e in mine] == [
+        "ticket.created",
+        "ticket.updated",
+        "ticket.commented",
+        "ticket.closed",
+    ]
+    assert all(e.source == "ticketing" and e.data["actor"] == "local-user" for e in mine)
+    assert mine[1].data["changes"] == {"status": ["new", "open"]}
+
+    requests = await read_events(
+        settings.kafka_bootstrap, "customer.requests", about(subject, {"ticket.created"})
+    )
+    request = next(e for e in requests if e.subject == subject)
+    assert request.data["customer_id"] == "yusuf_rossi_9620"
+
+
+async def test_trace_id_from_meta_travels_with_the_event(
+    ticketing: Client[Any], settings: Settings
+) -> None:
+    assert settings.kafka_bootstrap
+    trace = uuid.uuid4().hex
+    created = await ticketing.call_tool(
+        "create_ticket", {"subject": "Traced", "description": "d"}, meta={"trace_id": trace}
+    )
+    assert created.structured_content
+    subject = f"ticket/{created.structured_content['id']}"
+    events = await read_events(
+        settings.kafka_bootstrap, "agent.actions", about(subject, {"ticket.created"})
+    )
+    assert next(e for e in events if e.subject == subject).trace_id == trace
+
+
+async def test_events_written_while_kafka_is_down_arrive_when_it_is_back(
+    backends: Settings, tmp_path: Path
+) -> None:
+    """A server with a broker of its own, which we stop and start again on the same port."""
+    assert backends.postgres_url
+    port = free_port()
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(embedded_kafka(tmp_path, port))
+    with fresh_database(backends.postgres_url) as url, broker:
+        settings = backends.model_copy(
+            update={
+                "postgres_url": url,
+                "kafka_bootstrap": bootstrap,
+                "outbox_poll_seconds": 0.2,
+                "kafka_record_per_batch": True,
+            }
+        )
+        async with Client(build_server(settings)) as client:
+            await client.call_tool("create_ticket", {"subject": "before", "description": "d"})
+            await read_events(bootstrap, "customer.requests", lambda events: len(events) == 1)
+
+            broker.close()  # Kafka stops; the server keeps taking writes
+            ids = []
+            for i in range(5):
+                made = await client.call_tool(
+                    "create_ticket", {"subject": f"during outage {i}", "description": "d"}
+                )
+                assert made.structured_content
+                ids.append(made.structured_content["id"])
+            await asyncio.sleep(1)
+            async with await psycopg.AsyncConnection.connect(url) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM ticketing.outbox WHERE sent_at IS NULL"
+                )
+                # two events a ticket (customer.requests, agent.actions), all waiting, none lost
+                assert (await cur.fetchone()) == (10,)
+
+            with embedded_kafka(tmp_path, port):  # back, empty (Tansu keeps nothing)
+                wanted = {f"ticket/{i}" for i in ids}
+                events = await read_events(
+                    bootstrap,
+                    "customer.requests",
+                    lambda evs: wanted <= {e.subject for e in evs},
+                    timeout=60,
+                )
+                assert wanted <= {e.subject for e in events}
