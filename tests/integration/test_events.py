@@ -1,16 +1,16 @@
 """Events leave through the outbox and arrive on Kafka, read back by a real consumer."""
 
 import asyncio
-import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from fastmcp import Client
 
 from schemas.events import Event
-from servers.runtime.backends import embedded_kafka, free_port
+from servers.runtime.backends import embedded_kafka
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server
 from tests.conftest import fresh_database, read_events
@@ -80,15 +80,30 @@ async def test_trace_id_from_meta_travels_with_the_event(
     assert next(e for e in events if e.subject == subject).trace_id == trace
 
 
+def broker_process(bootstrap: str) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"tcp://{bootstrap}" in " ".join(proc.info["cmdline"] or []):
+            return proc
+    raise AssertionError(f"no broker listening on {bootstrap}")
+
+
+async def unsent(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT count(*) FROM ticketing.outbox WHERE sent_at IS NULL")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
 async def test_events_written_while_kafka_is_down_arrive_when_it_is_back(
     backends: Settings, tmp_path: Path
 ) -> None:
-    """A server with a broker of its own, which we stop and start again on the same port."""
+    """A server with a broker of its own, which we stop (SIGSTOP: it answers nothing) and resume.
+
+    Stopping the process, not killing it, keeps what the broker holds: the embedded Tansu keeps
+    everything in memory, so a restarted one would be a different, empty broker.
+    """
     assert backends.postgres_url
-    port = free_port()
-    broker = contextlib.ExitStack()
-    bootstrap = broker.enter_context(embedded_kafka(tmp_path, port))
-    with fresh_database(backends.postgres_url) as url, broker:
+    with fresh_database(backends.postgres_url) as url, embedded_kafka(tmp_path) as bootstrap:
         settings = backends.model_copy(
             update={
                 "postgres_url": url,
@@ -101,28 +116,32 @@ async def test_events_written_while_kafka_is_down_arrive_when_it_is_back(
             await client.call_tool("create_ticket", {"subject": "before", "description": "d"})
             await read_events(bootstrap, "customer.requests", lambda events: len(events) == 1)
 
-            broker.close()  # Kafka stops; the server keeps taking writes
-            ids = []
-            for i in range(5):
-                made = await client.call_tool(
-                    "create_ticket", {"subject": f"during outage {i}", "description": "d"}
-                )
-                assert made.structured_content
-                ids.append(made.structured_content["id"])
-            await asyncio.sleep(1)
-            async with await psycopg.AsyncConnection.connect(url) as conn:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM ticketing.outbox WHERE sent_at IS NULL"
-                )
-                # two events a ticket (customer.requests, agent.actions), all waiting, none lost
-                assert (await cur.fetchone()) == (10,)
+            broker = broker_process(bootstrap)
+            broker.suspend()
+            try:
+                ids = []
+                for i in range(5):  # the server keeps taking writes
+                    made = await client.call_tool(
+                        "create_ticket", {"subject": f"during outage {i}", "description": "d"}
+                    )
+                    assert made.structured_content
+                    ids.append(made.structured_content["id"])
+                await asyncio.sleep(2)
+                # two events a ticket (customer.requests, agent.actions): waiting, none lost
+                assert await unsent(url) == 10
+            finally:
+                broker.resume()
 
-            with embedded_kafka(tmp_path, port):  # back, empty (Tansu keeps nothing)
-                wanted = {f"ticket/{i}" for i in ids}
-                events = await read_events(
-                    bootstrap,
-                    "customer.requests",
-                    lambda evs: wanted <= {e.subject for e in evs},
-                    timeout=60,
-                )
-                assert wanted <= {e.subject for e in events}
+            wanted = {f"ticket/{i}" for i in ids}
+            events = await read_events(
+                bootstrap,
+                "customer.requests",
+                lambda evs: wanted <= {e.subject for e in evs},
+                timeout=90,
+            )
+            assert wanted <= {e.subject for e in events}
+            for _ in range(100):
+                if await unsent(url) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await unsent(url) == 0
