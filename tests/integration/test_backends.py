@@ -22,6 +22,11 @@ from tests.conftest import SUPPORTMESH
 EMBEDDED_ONLY = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
 
 
+def embedded(data_dir: Path) -> Settings:
+    """Settings that start every engine here, whatever URLs the environment sets."""
+    return Settings(data_dir=data_dir, postgres_url=None, redis_url=None, kafka_bootstrap=None)
+
+
 def engines_under(data_dir: Path) -> list[psutil.Process]:
     """Live engine processes started for ``data_dir`` (by command line or log file)."""
     found = []
@@ -58,7 +63,7 @@ async def kafka_round_trip(bootstrap: str) -> bytes | None:
 
 
 def test_engines_start_serve_and_stop(tmp_path: Path) -> None:
-    with start_backends(Settings(data_dir=tmp_path), durable=False) as ready:
+    with start_backends(embedded(tmp_path), durable=False) as ready:
         assert ready.postgres_url and ready.redis_url and ready.kafka_bootstrap
         with psycopg.connect(ready.postgres_url) as conn:
             assert conn.execute("SELECT 1 + 1").fetchone() == (2,)
@@ -73,7 +78,7 @@ def test_engines_start_serve_and_stop(tmp_path: Path) -> None:
 
 
 def test_a_second_process_reuses_running_engines(tmp_path: Path) -> None:
-    with start_backends(Settings(data_dir=tmp_path), durable=False) as first:
+    with start_backends(embedded(tmp_path), durable=False) as first:
         before = {p.pid for p in engines_under(tmp_path)}
         script = (
             "from servers.runtime.backends import start_backends\n"
