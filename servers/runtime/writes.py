@@ -22,8 +22,10 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from schemas.events import Event, Topic
+from servers.runtime.auth import Caller
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import Conflict, Unavailable
+from servers.runtime.pii import mask_data
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -50,9 +52,16 @@ class Write:
     events: list[tuple[Topic, Event]] = field(default_factory=list)
 
     def emit(self, topic: Topic, type: str, subject: str, data: dict[str, Any]) -> None:
-        """Queue an event; it is committed with the change and published after."""
+        """Queue an event; it is committed with the change and published after.
+
+        Emails, phone and card numbers in ``data`` are masked: events are not a PII store.
+        """
         event = Event(
-            type=type, source=self.source, subject=subject, data=data, trace_id=self.trace_id
+            type=type,
+            source=self.source,
+            subject=subject,
+            data=mask_data(data),
+            trace_id=self.trace_id,
         )
         self.events.append((topic, event))
         self.subject = self.subject or subject
@@ -68,12 +77,11 @@ async def perform_write(
     *,
     source: str,
     tool: str,
-    actor: str,
+    caller: Caller,
     arguments: dict[str, Any],
     idempotency_key: str | None,
     result_type: type[R],
     change: Callable[[Write], Awaitable[R]],
-    trace_id: str | None = None,
 ) -> R:
     """Run ``change`` once per idempotency key, atomically with its audit row and events."""
     digest = arguments_hash(arguments)
@@ -88,7 +96,7 @@ async def perform_write(
                             "idempotency_key", "already used for a call with other arguments"
                         )
                     return result_type.model_validate(first["result"])
-            write = Write(conn=conn, source=source, trace_id=trace_id)
+            write = Write(conn=conn, source=source, trace_id=caller.trace_id)
             result = await change(write)
             stored = Jsonb(result.model_dump(mode="json"))
             for topic, event in write.events:
@@ -98,7 +106,7 @@ async def perform_write(
                 )
             if write.events:
                 await conn.execute(NOTIFY_RELAY)
-            await conn.execute(INSERT_AUDIT, [actor, tool, digest, write.subject, stored])
+            await conn.execute(INSERT_AUDIT, [caller.actor, tool, digest, write.subject, stored])
             if idempotency_key is not None:
                 await conn.execute(SAVE_KEY, [tool, idempotency_key, digest, stored])
             return result

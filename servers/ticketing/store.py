@@ -251,12 +251,11 @@ async def create_ticket(
         pool,
         source=SOURCE,
         tool="create_ticket",
-        actor=caller.actor,
+        caller=caller,
         arguments=new.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         result_type=TicketDetail,
         change=change,
-        trace_id=caller.trace_id,
     )
 
 
@@ -359,12 +358,11 @@ async def update_ticket(
         pool,
         source=SOURCE,
         tool="update_ticket",
-        actor=caller.actor,
+        caller=caller,
         arguments={"ticket_id": ticket_id, **change.model_dump(mode="json")},
         idempotency_key=idempotency_key,
         result_type=TicketDetail,
         change=apply,
-        trace_id=caller.trace_id,
     )
 
 
@@ -408,12 +406,11 @@ async def add_comment(
         pool,
         source=SOURCE,
         tool="add_comment",
-        actor=caller.actor,
+        caller=caller,
         arguments={"ticket_id": ticket_id, "body": body, "public": public},
         idempotency_key=idempotency_key,
         result_type=Comment,
         change=apply,
-        trace_id=caller.trace_id,
     )
 
 
@@ -447,10 +444,9 @@ async def close_ticket(
         pool,
         source=SOURCE,
         tool="close_ticket",
-        actor=caller.actor,
+        caller=caller,
         arguments={"ticket_id": ticket_id},
         idempotency_key=idempotency_key,
         result_type=TicketDetail,
         change=apply,
-        trace_id=caller.trace_id,
     )

@@ -80,6 +80,28 @@ async def test_trace_id_from_meta_travels_with_the_event(
     assert next(e for e in events if e.subject == subject).trace_id == trace
 
 
+async def test_events_carry_no_email_or_card_number(
+    ticketing: Client[Any], settings: Settings
+) -> None:
+    assert settings.kafka_bootstrap
+    created = await ticketing.call_tool(
+        "create_ticket",
+        {
+            "subject": "Charge on 4111 1111 1111 1111, reply to mia.garcia@example.com",
+            "description": "d",
+        },
+    )
+    assert created.structured_content
+    subject = f"ticket/{created.structured_content['id']}"
+    events = await read_events(
+        settings.kafka_bootstrap, "customer.requests", about(subject, {"ticket.created"})
+    )
+    sent = next(e for e in events if e.subject == subject).data["subject"]
+    assert sent == "Charge on ****-****-****-1111, reply to m***@example.com"
+    # the ticket itself keeps what the customer wrote
+    assert "4111 1111 1111 1111" in created.structured_content["subject"]
+
+
 def broker_process(bootstrap: str) -> psutil.Process:
     for proc in psutil.process_iter(["cmdline"]):
         if f"tcp://{bootstrap}" in " ".join(proc.info["cmdline"] or []):
