@@ -3,7 +3,7 @@
 Each server runs in its own process, served the same way (uvicorn, stateless streamable HTTP,
 JSON responses); one client process drives each in turn with the same concurrency and counts.
 
-    python -m bench.tool_calls [--calls 2000] [--concurrency 8]
+    python -m bench.tool_calls [--calls 1000] [--concurrency 8] [--rounds 5]
 
 Backends come from ``SUPPORTMESH_*`` settings, or start embedded.
 """
@@ -67,72 +67,91 @@ async def measure(
     }
 
 
-def report(results: dict[str, dict[str, float]], baseline: str) -> str:
-    base = results[baseline]
+def report(rounds: list[dict[str, dict[str, float]]], baseline: str) -> str:
+    """Medians over the rounds; the ratio is of median throughputs."""
+    names = list(rounds[0])
+    median = {
+        n: {k: statistics.median(r[n][k] for r in rounds) for k in rounds[0][n]} for n in names
+    }
+    base = median[baseline]["calls_per_s"]
     lines = [f"{'tool':<16}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x echo (calls/s)':>18}"]
-    for name, r in results.items():
-        ratio = r["calls_per_s"] / base["calls_per_s"]
+    for name, r in median.items():
         lines.append(
             f"{name:<16}{r['calls_per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{ratio:>18.2f}"
+            f"{r['calls_per_s'] / base:>18.2f}"
         )
+    ratios = [r["get_ticket"]["calls_per_s"] / r[baseline]["calls_per_s"] for r in rounds]
+    lines.append(f"get_ticket / echo per round: {', '.join(f'{x:.2f}' for x in ratios)}")
     return "\n".join(lines)
 
 
-async def run(settings: Settings, workdir: Path, calls: int, concurrency: int) -> None:
-    results: dict[str, dict[str, float]] = {}
+async def run(settings: Settings, workdir: Path, calls: int, concurrency: int, rounds: int) -> None:
     echo_port, ticket_port = free_port(), free_port()
     env = supportmesh_env(settings)
-    with running(
+    echo = running(
         [sys.executable, "-m", "bench.echo_server", str(echo_port)],
         env,
         f"http://127.0.0.1:{echo_port}/mcp",
         workdir / "echo.log",
-        ok=(200, 400, 405, 406),
-    ):
-        url = f"http://127.0.0.1:{echo_port}/mcp"
-        results["echo (baseline)"] = await measure(
-            url, "echo_text", lambda i: {"text": f"hello {i}"}, calls, concurrency
-        )
-    with running(
+        ok=(405,),
+    )
+    ticketing = running(
         [SUPPORTMESH, "serve", "ticketing", "--transport", "http", "--port", str(ticket_port)],
         env,
         f"http://127.0.0.1:{ticket_port}/readyz",
         workdir / "ticketing.log",
-    ):
-        url = f"http://127.0.0.1:{ticket_port}/mcp"
-        results["create_ticket"] = await measure(
-            url,
-            "create_ticket",
-            lambda i: {
-                "subject": f"Bench ticket {i}",
-                "description": "Parcel arrived damaged.",
-                "priority": "normal",
-                "tags": ["bench"],
-            },
-            calls,
-            concurrency,
-        )
-        results["get_ticket"] = await measure(
-            url, "get_ticket", lambda i: {"ticket_id": 1 + i % 500}, calls, concurrency
-        )
+    )
+    echo_url = f"http://127.0.0.1:{echo_port}/mcp"
+    ticket_url = f"http://127.0.0.1:{ticket_port}/mcp"
+    results: list[dict[str, dict[str, float]]] = []
+    with echo, ticketing:
+        # Both servers stay up; the tools take turns, round after round, so that drift in the
+        # machine's speed falls on all of them alike.
+        for _ in range(rounds):
+            results.append(
+                {
+                    "echo (baseline)": await measure(
+                        echo_url, "echo_text", lambda i: {"text": f"hello {i}"}, calls, concurrency
+                    ),
+                    "create_ticket": await measure(
+                        ticket_url,
+                        "create_ticket",
+                        lambda i: {
+                            "subject": f"Bench ticket {i}",
+                            "description": "Parcel damaged.",
+                            "priority": "normal",
+                            "tags": ["bench"],
+                        },
+                        calls,
+                        concurrency,
+                    ),
+                    "get_ticket": await measure(
+                        ticket_url,
+                        "get_ticket",
+                        lambda i: {"ticket_id": 1 + i % 500},
+                        calls,
+                        concurrency,
+                    ),
+                }
+            )
     print(
-        f"{calls} calls, {concurrency} concurrent, {os.cpu_count()} CPUs, "
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.machine()}"
+        f"{rounds} rounds of {calls} calls a tool, {concurrency} concurrent, "
+        f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.machine()}"
     )
     print(report(results, "echo (baseline)"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     workdir = Path(".supportmesh") / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     with start_backends(Settings(data_dir=workdir / "data"), durable=False) as settings:
-        asyncio.run(run(settings, workdir, args.calls, args.concurrency))
+        asyncio.run(run(settings, workdir, args.calls, args.concurrency, args.rounds))
 
 
 if __name__ == "__main__":

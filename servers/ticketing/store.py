@@ -41,11 +41,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def to_ticket(row: Row, policy: SlaPolicy, at: datetime) -> Ticket:
+def _with_sla(row: Row, policy: SlaPolicy, at: datetime) -> Row:
     sla = compute_sla(
         policy, row["priority"], row["created_at"], row["first_responded_at"], row["solved_at"], at
     )
-    return Ticket.model_validate({**row, "sla": sla})
+    return {**row, "sla": sla}
+
+
+def to_ticket(row: Row, policy: SlaPolicy, at: datetime) -> Ticket:
+    return Ticket.model_validate(_with_sla(row, policy, at))
 
 
 # --- reads ------------------------------------------------------------------------------------
@@ -76,13 +80,7 @@ async def _detail(conn: AsyncConnection[Row], ticket_id: int, policy: SlaPolicy)
     row = await (await conn.execute(SELECT_DETAIL, [ticket_id])).fetchone()
     if row is None:
         raise NotFound("ticket_id", f"no ticket {ticket_id}")
-    return TicketDetail.model_validate(
-        {
-            **to_ticket(row, policy, now()).model_dump(),
-            "comments": row["comments"],
-            "history": row["history"],
-        }
-    )
+    return TicketDetail.model_validate(_with_sla(row, policy, now()))
 
 
 async def get_ticket(pool: Pool, policy: SlaPolicy, ticket_id: int) -> TicketDetail:
