@@ -174,20 +174,20 @@ async def search_tickets(
 
 # --- writes -----------------------------------------------------------------------------------
 
-INSERT_TICKET = f"""
+INSERT_TICKET = """
     INSERT INTO tickets (subject, description, status, priority, channel, customer_id,
                          requester_email, assignee, tags, created_at, updated_at)
     VALUES (%s, %s, 'new', %s, %s, %s, %s, %s, %s, %s, %s)
-    RETURNING {COLUMNS}
+    RETURNING id
 """
 INSERT_HISTORY = """
     INSERT INTO status_history (ticket_id, from_status, to_status, actor, at)
     VALUES (%s, %s, %s, %s, %s)
 """
-UPDATE_TICKET = f"""
+UPDATE_TICKET = """
     UPDATE tickets SET status = %s, priority = %s, assignee = %s, tags = %s, updated_at = %s,
                        first_responded_at = %s, solved_at = %s, closed_at = %s
-    WHERE id = %s RETURNING {COLUMNS}
+    WHERE id = %s
 """
 INSERT_COMMENT = """
     INSERT INTO comments (ticket_id, author, body, public, created_at) VALUES (%s, %s, %s, %s, %s)
@@ -278,25 +278,22 @@ def _apply_status(
         values["solved_at"] = None
 
 
-async def _save(write: Write, values: dict[str, Any], at: datetime) -> Row:
-    updated = await (
-        await write.conn.execute(
-            UPDATE_TICKET,
-            [
-                values["status"],
-                values["priority"],
-                values["assignee"],
-                values["tags"],
-                at,
-                values["first_responded_at"],
-                values["solved_at"],
-                values["closed_at"],
-                values["id"],
-            ],
-        )
-    ).fetchone()
-    assert updated is not None
-    return updated
+async def _save(write: Write, values: dict[str, Any], at: datetime) -> None:
+    """Write back the edited ``values`` of a ticket row (the caller reads the detail after)."""
+    await write.conn.execute(
+        UPDATE_TICKET,
+        [
+            values["status"],
+            values["priority"],
+            values["assignee"],
+            values["tags"],
+            at,
+            values["first_responded_at"],
+            values["solved_at"],
+            values["closed_at"],
+            values["id"],
+        ],
+    )
 
 
 async def update_ticket(
@@ -343,7 +340,7 @@ async def update_ticket(
             if row[k] != values[k]
         }
         if changed:
-            row = await _save(write, values, at)
+            await _save(write, values, at)
             write.emit(
                 Topic.AGENT_ACTIONS,
                 "ticket.updated",
@@ -429,7 +426,7 @@ async def close_ticket(
             await write.conn.execute(
                 INSERT_HISTORY, [ticket_id, before, target.value, caller.actor, at]
             )
-        row = await _save(write, values, at)
+        await _save(write, values, at)
         write.emit(
             Topic.AGENT_ACTIONS,
             "ticket.closed",
