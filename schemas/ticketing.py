@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
+from schemas.common import CustomerId
+
 
 class TicketStatus(StrEnum):
     NEW = "new"
@@ -63,23 +65,10 @@ Tags = Annotated[
     list[Tag],
     Field(max_length=MAX_TAGS, description="Labels: lowercase letters, digits, _ - : ."),
 ]
-CustomerId = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    Field(description="The CRM customer id, e.g. 'mia_garcia_4516'."),
-]
 Assignee = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
     Field(description="Agent or team the ticket is assigned to."),
-]
-IdempotencyKey = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=200),
-    Field(
-        description="Any unique string; repeating a call with the same key changes nothing "
-        "and returns the first result. Use one per intended write."
-    ),
 ]
 
 

@@ -53,13 +53,21 @@ def migrate(postgres_url: str, schema: str, migrations: Path) -> list[str]:
 
 
 async def open_pool(postgres_url: str, schema: str, max_size: int = 10) -> Pool:
-    """A ready pool whose connections use ``schema`` and return rows as dicts."""
+    """A ready pool whose connections use ``schema`` and return rows as dicts.
+
+    Connections are in autocommit: a read is one round trip, with no BEGIN before it and no
+    COMMIT when the pool takes the connection back. Writes open ``conn.transaction()``.
+    """
     pool: Pool = AsyncConnectionPool(
         postgres_url,
         connection_class=AsyncConnection[Row],
         min_size=1,
         max_size=max_size,
-        kwargs={"options": f"-c search_path={schema}", "row_factory": dict_row},
+        kwargs={
+            "options": f"-c search_path={schema}",
+            "row_factory": dict_row,
+            "autocommit": True,
+        },
         open=False,
         name=schema,
     )
@@ -70,3 +78,8 @@ async def open_pool(postgres_url: str, schema: str, max_size: int = 10) -> Pool:
 async def migrate_and_open(postgres_url: str, schema: str, migrations: Path) -> Pool:
     await asyncio.to_thread(migrate, postgres_url, schema, migrations)
     return await open_pool(postgres_url, schema)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

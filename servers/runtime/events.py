@@ -74,7 +74,7 @@ class OutboxRelay:
     async def run(self) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((KafkaError, OSError, psycopg.OperationalError)),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             before_sleep=lambda state: log.warning(
                 "outbox relay for %s: %r; retrying",
                 self.schema,

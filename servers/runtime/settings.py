@@ -5,6 +5,7 @@ backend whose URL is unset runs embedded under ``data_dir`` (see ``backends.py``
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,3 +47,23 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often the outbox relay looks for events it was not told of."
     )
     sla_policy: SlaPolicy = Field(default_factory=SlaPolicy)
+    embedding_model: str | None = Field(
+        None,
+        description="A model2vec model (a folder) that embeds text; unset = the static model "
+        "shipped with the knowledge server (servers/knowledge/models/).",
+    )
+    task_visibility_timeout_seconds: int = Field(
+        60,
+        ge=2,
+        description="A task taken by a worker that died is run again after this long. Keep it "
+        "above the longest task's run time, or a slow task runs twice.",
+    )
+    cache_ttl_seconds: int = Field(
+        300, ge=1, description="How long a cached read (CRM customers, products) may live."
+    )
+
+
+def place(url: str) -> str:
+    """Where ``url`` points, without credentials or options: ``host:port/path``."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}{parts.path}"

@@ -110,7 +110,11 @@ async def perform_write(
             if idempotency_key is not None:
                 await conn.execute(SAVE_KEY, [tool, idempotency_key, digest, stored])
             return result
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure) as exc:
+    except (
+        psycopg.errors.LockNotAvailable,
+        psycopg.errors.SerializationFailure,
+        psycopg.errors.DeadlockDetected,
+    ) as exc:
         raise Conflict(None, "another change to the same record is in progress; retry") from exc
     except psycopg.OperationalError as exc:
         raise Unavailable(None, f"database unavailable: {exc}") from exc

@@ -18,14 +18,13 @@ from fastmcp.prompts import Message
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from schemas.common import CustomerId, IdempotencyKey
 from schemas.ticketing import (
     Assignee,
     Body,
     Channel,
     Comment,
-    CustomerId,
     EmailAddress,
-    IdempotencyKey,
     NewTicket,
     Priority,
     Subject,

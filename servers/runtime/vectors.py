@@ -1,0 +1,53 @@
+"""Qdrant: a server at ``SUPPORTMESH_QDRANT_URL``, or else local mode under the data directory.
+
+Local mode keeps a folder that one process may open at a time, so each process has one client
+per location, shared by every server and task in it, and calls go through ``lock`` (local mode
+is not made for concurrent use; a real Qdrant server does not need it, and it costs nothing
+there).
+"""
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qdrant_client import QdrantClient
+
+from servers.runtime.errors import Unavailable
+from servers.runtime.settings import Settings
+
+
+@dataclass
+class Vectors:
+    client: QdrantClient
+    local: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_open: dict[str, Vectors] = {}
+_opening = threading.Lock()
+
+
+def vectors_location(settings: Settings) -> str:
+    """The Qdrant server's URL, or the local store's folder."""
+    return settings.qdrant_url or str((settings.data_dir / "qdrant").resolve())
+
+
+def open_vectors(settings: Settings) -> Vectors:
+    """This process's Qdrant client for ``settings`` (opened on first use)."""
+    location = vectors_location(settings)
+    with _opening:
+        if location not in _open:
+            if settings.qdrant_url:
+                client = QdrantClient(url=settings.qdrant_url, timeout=10)
+            else:
+                Path(location).mkdir(parents=True, exist_ok=True)
+                try:
+                    client = QdrantClient(path=location)
+                except RuntimeError as exc:  # another process holds the folder
+                    raise Unavailable(
+                        None,
+                        f"Qdrant's local store {location} is open in another process (a running "
+                        "`supportmesh up` or server); use that one, or set SUPPORTMESH_QDRANT_URL",
+                    ) from exc
+            _open[location] = Vectors(client=client, local=not settings.qdrant_url)
+        return _open[location]
