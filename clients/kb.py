@@ -1,0 +1,126 @@
+"""What ``supportmesh kb`` does: read article files, ingest them over MCP with a progress bar,
+print cited search hits. It talks to the knowledge server only through MCP tools."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+BATCH = 100  # articles per ingest_articles call
+STALL_SECONDS = 600  # give up when no article moves for this long
+
+
+def read_articles(path: Path) -> list[dict[str, Any]]:
+    """Articles from ``path``: a ``.json`` record ({id, title, content or body}), a ``.md`` file
+    (id = file name, title = its first '# ' heading), or a folder of either."""
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix in (".json", ".md"))
+        if path.is_dir()
+        else [path]
+    )
+    articles = []
+    for file in files:
+        if file.suffix == ".json":
+            record = json.loads(file.read_text())
+            articles.append(
+                {
+                    "id": record["id"],
+                    "title": record["title"],
+                    "body": record.get("body", record.get("content")),
+                    "tags": record.get("tags", []),
+                }
+            )
+        else:
+            text = file.read_text()
+            first, _, rest = text.partition("\n")
+            titled = first.startswith("# ")
+            articles.append(
+                {
+                    "id": file.stem,
+                    "title": first[2:].strip() if titled else file.stem,
+                    "body": rest if titled else text,
+                    "tags": [],
+                }
+            )
+    return articles
+
+
+async def ingest_with_progress(
+    client: Client[Any], articles: list[dict[str, Any]], source: str, console: Console
+) -> dict[str, int]:
+    """Ingest in batches, then follow every job to its end; the totals of all jobs."""
+    totals = {"indexed": 0, "unchanged": 0, "failed": 0}
+    jobs: list[str] = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        sending = progress.add_task("stored ", total=len(articles))
+        indexing = progress.add_task("indexed", total=len(articles))
+        for start in range(0, len(articles), BATCH):
+            batch = articles[start : start + BATCH]
+            result = await client.call_tool(
+                "ingest_articles", {"articles": batch, "source": source}, raise_on_error=True
+            )
+            assert result.structured_content is not None
+            jobs.append(result.structured_content["id"])
+            progress.advance(sending, len(batch))
+        finished: dict[str, dict[str, Any]] = {}
+        last_progress, last_done = time.monotonic(), -1
+        while len(finished) < len(jobs):
+            done = 0
+            for job_id in jobs:
+                job = finished.get(job_id)
+                if job is None:
+                    result = await client.call_tool("get_ingest_job", {"job_id": job_id})
+                    job = result.structured_content
+                    assert job is not None
+                    if job["status"] != "running":
+                        finished[job_id] = job
+                done += job["indexed"] + job["unchanged"] + job["failed"]
+            progress.update(indexing, completed=done)
+            if done != last_done:
+                last_progress, last_done = time.monotonic(), done
+            elif time.monotonic() - last_progress > STALL_SECONDS:
+                raise SystemExit(
+                    f"no progress for {STALL_SECONDS} s; is a worker running? jobs: {jobs}"
+                )
+            if len(finished) < len(jobs):
+                await asyncio.sleep(0.2)
+    for job in finished.values():
+        for key in totals:
+            totals[key] += job[key]
+        for error in job["errors"]:
+            console.print(f"[red]failed[/red] {error}")
+    return totals
+
+
+async def search(client: Client[Any], query: str, k: int, mode: str) -> list[dict[str, Any]]:
+    try:
+        result = await client.call_tool(
+            "search_articles", {"query": query, "k": k, "mode": mode}, raise_on_error=True
+        )
+    except ToolError as exc:
+        raise SystemExit(str(exc)) from exc
+    assert result.structured_content is not None
+    hits: list[dict[str, Any]] = result.structured_content["hits"]
+    return hits
+
+
+def print_hits(console: Console, hits: list[dict[str, Any]]) -> None:
+    for rank, hit in enumerate(hits, 1):
+        where = " > ".join([hit["title"], *hit["headings"]])
+        console.print(
+            f"[bold]{rank}.[/bold] {hit['score']:.3f}  [cyan]{hit['article_id']}[/cyan]  {where}"
+        )
+        snippet = " ".join(hit["text"].split())
+        console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", highlight=False)

@@ -1,0 +1,211 @@
+"""The knowledge base's chunks in Qdrant: dense and lexical vectors, hybrid search.
+
+One collection, ``kb_chunks``: each point is a chunk with a dense vector (the static model) and
+a sparse lexical vector (BM25 weights, IDF applied by Qdrant). Point ids derive from article id,
+content hash and chunk number, so indexing the same content twice writes the same points.
+Hybrid search asks both in one query (two prefetches fused by weighted reciprocal rank).
+"""
+
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from model2vec import StaticModel
+from qdrant_client import models
+
+from schemas.knowledge import SearchFilters, SearchHit, SearchMode
+from servers.knowledge.text import Chunk, chunk_article, document_sparse, query_sparse
+from servers.runtime.vectors import Vectors
+
+COLLECTION = "kb_chunks"
+SHIPPED_MODEL = Path(__file__).parent / "models" / "minilm-static-256"
+CANDIDATES = 50  # per retriever, before fusion
+# Reciprocal-rank fusion, lexical weighted above dense: the static model's dense ranking is the
+# weaker of the two on our banking query set (README, "Retrieval quality"), and an equal vote
+# let it pull good lexical hits down. k=10 rewards the top of each list more than the usual 60.
+FUSION = models.RrfQuery(rrf=models.Rrf(k=10, weights=[0.3, 1.0]))  # [dense, lexical]
+
+
+@cache
+def embedding_model(path: str | None) -> StaticModel:
+    """The model2vec model at ``path`` (default: the one shipped here), loaded once."""
+    return StaticModel.from_pretrained(path or str(SHIPPED_MODEL))
+
+
+def embed(model: StaticModel, texts: list[str]) -> list[list[float]]:
+    vectors: Any = model.encode(texts)
+    return np.asarray(vectors, dtype=np.float32).tolist()  # type: ignore[no-any-return]
+
+
+def point_id(article_id: str, content_hash: str, index: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb:{article_id}:{content_hash}:{index}"))
+
+
+def _article_filter(article_id: str) -> models.Filter:
+    return models.Filter(
+        must=[models.FieldCondition(key="article_id", match=models.MatchValue(value=article_id))]
+    )
+
+
+@dataclass
+class KnowledgeIndex:
+    vectors: Vectors
+    model: StaticModel
+
+    def ensure_collection(self) -> None:
+        with self.vectors.lock:
+            client = self.vectors.client
+            if client.collection_exists(COLLECTION):
+                return
+            dimension = len(embed(self.model, ["dimension"])[0])
+            client.create_collection(
+                COLLECTION,
+                vectors_config={
+                    "dense": models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+                },
+                sparse_vectors_config={
+                    "lexical": models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
+            )
+            if not self.vectors.local:  # local mode scans payloads; a server uses indexes
+                for key in ("article_id", "tags", "source"):
+                    client.create_payload_index(COLLECTION, key, models.PayloadSchemaType.KEYWORD)
+
+    def replace_article(
+        self,
+        article_id: str,
+        title: str,
+        body: str,
+        tags: list[str],
+        source: str,
+        content_hash: str,
+        first_time: bool = False,
+    ) -> int:
+        """Make the article's chunks exactly those of this content; returns how many.
+
+        ``first_time`` (never indexed before) skips looking for old chunks to delete, which
+        local mode does by scanning every point.
+        """
+        chunks = chunk_article(body)
+        texts = [self._embedded_text(title, chunk) for chunk in chunks]
+        dense = embed(self.model, texts) if texts else []
+        points = []
+        for chunk, vector in zip(chunks, dense, strict=True):
+            indices, values = document_sparse(f"{title}\n{' '.join(chunk.headings)}\n{chunk.text}")
+            points.append(
+                models.PointStruct(
+                    id=point_id(article_id, content_hash, chunk.index),
+                    vector={
+                        "dense": vector,
+                        "lexical": models.SparseVector(indices=indices, values=values),
+                    },
+                    payload={
+                        "article_id": article_id,
+                        "content_hash": content_hash,
+                        "title": title,
+                        "headings": list(chunk.headings),
+                        "text": chunk.text,
+                        "chunk": chunk.index,
+                        "tags": tags,
+                        "source": source,
+                    },
+                )
+            )
+        stale = models.Filter(
+            must=[
+                models.FieldCondition(key="article_id", match=models.MatchValue(value=article_id))
+            ],
+            must_not=[
+                models.FieldCondition(
+                    key="content_hash", match=models.MatchValue(value=content_hash)
+                )
+            ],
+        )
+        with self.vectors.lock:
+            if points:
+                self.vectors.client.upsert(COLLECTION, points=points, wait=True)
+            if not first_time:
+                self.vectors.client.delete(
+                    COLLECTION, points_selector=models.FilterSelector(filter=stale), wait=True
+                )
+        return len(points)
+
+    @staticmethod
+    def _embedded_text(title: str, chunk: Chunk) -> str:
+        return " > ".join([title, *chunk.headings]) + "\n" + chunk.text
+
+    def delete_article(self, article_id: str) -> int:
+        with self.vectors.lock:
+            count = self.vectors.client.count(
+                COLLECTION, count_filter=_article_filter(article_id), exact=True
+            ).count
+            self.vectors.client.delete(
+                COLLECTION,
+                points_selector=models.FilterSelector(filter=_article_filter(article_id)),
+                wait=True,
+            )
+        return count
+
+    def count(self, article_id: str | None = None) -> int:
+        with self.vectors.lock:
+            return self.vectors.client.count(
+                COLLECTION,
+                count_filter=_article_filter(article_id) if article_id else None,
+                exact=True,
+            ).count
+
+    def search(
+        self, query: str, k: int, filters: SearchFilters, mode: SearchMode
+    ) -> list[SearchHit]:
+        conditions: list[models.Condition] = []
+        if filters.tags:
+            conditions.append(
+                models.FieldCondition(key="tags", match=models.MatchAny(any=filters.tags))
+            )
+        if filters.source:
+            conditions.append(
+                models.FieldCondition(key="source", match=models.MatchValue(value=filters.source))
+            )
+        where = models.Filter(must=conditions) if conditions else None
+        dense = embed(self.model, [query])[0]
+        indices, values = query_sparse(query)
+        lexical = models.SparseVector(indices=indices, values=values)
+        with self.vectors.lock:
+            client = self.vectors.client
+            if mode is SearchMode.DENSE:
+                result = client.query_points(
+                    COLLECTION, query=dense, using="dense", query_filter=where, limit=k
+                )
+            elif mode is SearchMode.LEXICAL:
+                result = client.query_points(
+                    COLLECTION, query=lexical, using="lexical", query_filter=where, limit=k
+                )
+            else:
+                result = client.query_points(
+                    COLLECTION,
+                    prefetch=[
+                        models.Prefetch(query=dense, using="dense", filter=where, limit=CANDIDATES),
+                        models.Prefetch(
+                            query=lexical, using="lexical", filter=where, limit=CANDIDATES
+                        ),
+                    ],
+                    query=FUSION,
+                    limit=k,
+                )
+        hits = []
+        for point in result.points:
+            payload = point.payload or {}
+            hits.append(
+                SearchHit(
+                    article_id=payload["article_id"],
+                    title=payload["title"],
+                    headings=payload["headings"],
+                    text=payload["text"],
+                    score=point.score,
+                    chunk=payload["chunk"],
+                )
+            )
+        return hits

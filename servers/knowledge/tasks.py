@@ -1,0 +1,115 @@
+"""The knowledge server's Celery task: index one article of an ingest job into Qdrant.
+
+Safe to run twice: it reads the article as stored now, writes points whose ids come from the
+article's content, and marks its job item only while it is still pending. It holds a share lock
+on the article while indexing, so a concurrent ``delete_article`` waits (and cannot leave
+chunks of a deleted article behind). Backends that are down are retried with exponential
+backoff; an article that cannot be indexed marks its item failed, with the reason.
+"""
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from servers.knowledge.index import KnowledgeIndex, embedding_model
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import tasks
+from servers.runtime.vectors import open_vectors
+
+log = logging.getLogger(__name__)
+SCHEMA = "knowledge"
+RETRYABLE = (psycopg.OperationalError, ResponseHandlingException, UnexpectedResponse, OSError)
+_settings: list[Settings] = []
+
+
+def use_settings(settings: Settings) -> None:
+    """The backends this process's tasks use (a worker calls it before it starts)."""
+    _settings[:] = [settings]
+
+
+def _index() -> KnowledgeIndex:
+    settings = _settings[0]
+    index = KnowledgeIndex(open_vectors(settings), embedding_model(settings.embedding_model))
+    index.ensure_collection()
+    return index
+
+
+def _connect() -> psycopg.Connection[dict[str, Any]]:
+    url = _settings[0].postgres_url
+    assert url
+    return psycopg.connect(url, options=f"-c search_path={SCHEMA}", row_factory=dict_row)
+
+
+FINISH = """
+UPDATE ingest_items SET state = %s, error = %s, finished_at = now()
+WHERE job_id = %s AND article_id = %s AND state = 'pending'
+"""
+
+
+def index_article_now(job_id: str, article_id: str, content_hash: str) -> str:
+    """Index the article if it still has this content; mark the job item. Returns what it did."""
+    with _connect() as conn:
+        # Before Qdrant changes, say it is no longer known to match: if this task dies between
+        # the two, the next ingest indexes the article again instead of finding it unchanged.
+        conn.execute(
+            "UPDATE articles SET indexed_hash = NULL WHERE id = %s AND content_hash = %s "
+            "AND indexed_hash IS DISTINCT FROM content_hash AND indexed_hash IS NOT NULL",
+            [article_id, content_hash],
+        )
+        conn.commit()
+    with _connect() as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT title, body, tags, source, content_hash, indexed_hash, version FROM articles "
+            "WHERE id = %s FOR SHARE",
+            [article_id],
+        ).fetchone()
+        if row is None:
+            conn.execute(FINISH, ["failed", "deleted before it was indexed", job_id, article_id])
+            return "deleted"
+        if row["content_hash"] != content_hash:  # changed again; a later job indexes it
+            conn.execute(FINISH, ["done", None, job_id, article_id])
+            return "superseded"
+        if row["indexed_hash"] != content_hash:
+            chunks = _index().replace_article(
+                article_id,
+                row["title"],
+                row["body"],
+                row["tags"],
+                row["source"],
+                content_hash,
+                # Never indexed and never changed: no other content's chunks can exist. (A task
+                # that died after writing this content's points left points of the same ids.)
+                first_time=row["indexed_hash"] is None and row["version"] == 1,
+            )
+            conn.execute(
+                "UPDATE articles SET indexed_hash = %s, chunks = %s WHERE id = %s",
+                [content_hash, chunks, article_id],
+            )
+        conn.execute(FINISH, ["done", None, job_id, article_id])
+        return "indexed"
+
+
+def _fail(job_id: str, article_id: str, reason: str) -> None:
+    with _connect() as conn:
+        conn.execute(FINISH, ["failed", reason[:500], job_id, article_id])
+
+
+@tasks.task(bind=True, name="knowledge.index_article", max_retries=8)  # type: ignore[untyped-decorator]
+def index_article(self: Any, job_id: str, article_id: str, content_hash: str) -> str:
+    try:
+        return index_article_now(job_id, article_id, content_hash)
+    except RETRYABLE as exc:
+        if self.request.retries >= self.max_retries:
+            _fail(job_id, article_id, f"backend unavailable: {exc}")
+            return "failed"
+        log.warning("index %s: %s; retrying", article_id, exc)
+        # Under half the visibility timeout, or the waiting task is handed out a second time.
+        ceiling = max(1, _settings[0].task_visibility_timeout_seconds // 2)
+        raise self.retry(exc=exc, countdown=min(ceiling, 2**self.request.retries)) from exc
+    except Exception as exc:  # a problem with the article itself: retrying will not help
+        log.exception("index %s failed", article_id)
+        _fail(job_id, article_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
