@@ -4,6 +4,7 @@
     supportmesh serve ticketing             one server over stdio (Claude Desktop, IDEs) or HTTP
     supportmesh backends                    just the embedded engines, printing their URLs
     supportmesh migrate                     bring every server's schema up to date
+    supportmesh crm load|export PATH        the CRM's customers, orders and products
 
 Settings come from ``SUPPORTMESH_*`` variables or ``.env``; see ``servers/runtime/settings.py``.
 """
@@ -15,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,8 +25,16 @@ from typing import Annotated, Any
 
 import typer
 
+from servers.crm import server as crm
+from servers.crm import store as crm_store
+from servers.crm.retail_format import read_store, store_document
+from servers.crm.store import Crm, LoadReport
+from servers.knowledge import server as knowledge
 from servers.runtime.backends import qdrant_location, start_backends
+from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate as migrate_schema
+from servers.runtime.database import migrate_and_open
+from servers.runtime.errors import InvalidArgument
 from servers.runtime.serve import http_app, serve_stdio, serving_http
 from servers.runtime.settings import Settings
 from servers.runtime.telemetry import configure_logging
@@ -41,6 +50,8 @@ class ServerEntry:
 
 SERVERS: dict[str, ServerEntry] = {
     "ticketing": ServerEntry(ticketing, 8701, ("postgres",)),
+    "crm": ServerEntry(crm, 8702, ("postgres", "redis")),
+    "knowledge": ServerEntry(knowledge, 8703, ("postgres", "redis")),
 }
 ServerName = StrEnum("ServerName", {name: name for name in SERVERS})  # type: ignore[misc]
 
@@ -121,6 +132,13 @@ def up(
     port_offset: Annotated[
         int, typer.Option(help="Add this to every server's port (8701 ticketing, ...).")
     ] = 0,
+    demo: Annotated[
+        bool | None,
+        typer.Option(
+            help="Load the small demo store into an empty CRM (default: only when PostgreSQL "
+            "is embedded)."
+        ),
+    ] = None,
 ) -> None:
     """Start the whole mesh: backends (embedded or configured) and every server on HTTP.
 
@@ -128,7 +146,10 @@ def up(
     """
     settings = _settings()
     started = time.monotonic()
+    demo = settings.postgres_url is None if demo is None else demo
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
+        if demo:
+            asyncio.run(_load_demo_store(ready))
         _run(_up(ready, host or ready.host, port_offset, started))
     print("SupportMesh stopped.", file=sys.stderr)
 
@@ -226,6 +247,211 @@ def migrate(
             module = SERVERS[name].module
             applied = migrate_schema(ready.postgres_url, module.NAME, module.MIGRATIONS)
             print(f"{name}: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
+
+
+crm_app = typer.Typer(
+    help="The CRM's data: load a store file, export the current state.", no_args_is_help=True
+)
+app.add_typer(crm_app, name="crm")
+
+
+@contextlib.asynccontextmanager
+async def _crm_records(settings: Settings) -> AsyncIterator[Crm]:
+    """The CRM's database (migrated) and cache, outside a running server."""
+    assert settings.postgres_url and settings.redis_url
+    pool = await migrate_and_open(settings.postgres_url, crm.NAME, crm.MIGRATIONS)
+    cache = ReadCache(
+        settings.redis_url,
+        cache_prefix(crm.NAME, settings.postgres_url),
+        settings.cache_ttl_seconds,
+    )
+    try:
+        yield Crm(pool=pool, cache=cache, settings=settings)
+    finally:
+        await cache.close()
+        await pool.close()
+
+
+async def _load_demo_store(settings: Settings) -> None:
+    """Give a fresh mesh something to look at: the demo store, if the CRM has no customers."""
+    async with _crm_records(settings) as records_db:
+        async with records_db.pool.connection() as conn:
+            empty = await (await conn.execute("SELECT 1 FROM customers LIMIT 1")).fetchone()
+        if empty is None:
+            await crm_store.load_store(
+                records_db,
+                read_store(crm.DEMO_STORE / "db.json"),
+                (crm.DEMO_STORE / "policy.md").read_text(),
+            )
+            print(
+                f"Loaded the demo store into the empty CRM ({crm.DEMO_STORE}); "
+                "load your own with `supportmesh crm load PATH`.",
+                flush=True,
+            )
+
+
+@crm_app.command("load")
+def crm_load(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="A store file in tau2-bench's retail format (db.json), or a directory "
+            "holding db.json and policy.md.",
+        ),
+    ],
+    policy: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="The support policy (markdown)."),
+    ] = None,
+) -> None:
+    """Load customers, products and orders (and the policy, served as crm://policy).
+
+    Records are upserted in one transaction: loading the same file twice changes nothing,
+    and records not in the file stay as they are.
+    """
+    settings = _settings("WARNING")
+    if path.is_dir():
+        policy = policy or (path / "policy.md" if (path / "policy.md").exists() else None)
+        path = path / "db.json"
+    try:
+        records = read_store(path)
+    except InvalidArgument as exc:
+        raise typer.BadParameter(str(exc), param_hint="PATH") from exc
+    policy_text = policy.read_text() if policy else None
+
+    async def load() -> LoadReport:
+        async with _crm_records(ready) as records_db:
+            return await crm_store.load_store(records_db, records, policy_text)
+
+    with start_backends(settings) as ready:
+        report = asyncio.run(load())
+    for table, (added, changed, same) in report.counts.items():
+        print(f"{table:<10} {added} added, {changed} changed, {same} unchanged")
+    if report.policy:
+        print(f"policy     loaded from {policy}")
+
+
+@crm_app.command("export")
+def crm_export(
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="Where to write the file.")],
+) -> None:
+    """Write every customer, product and order to PATH in tau2-bench's retail format, so a run
+    can be compared with the reference environment's state."""
+    settings = _settings("WARNING")
+
+    async def export() -> dict[str, Any]:
+        async with _crm_records(ready) as records_db:
+            return store_document(await crm_store.export_store(records_db.pool))
+
+    with start_backends(settings) as ready:
+        document = asyncio.run(export())
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    counts = ", ".join(f"{len(v)} {k}" for k, v in document.items())
+    print(f"wrote {counts} to {path}")
+
+
+kb_app = typer.Typer(help="The knowledge base: ingest articles, search them.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A running knowledge server's MCP URL (e.g. http://127.0.0.1:8703/mcp); by default "
+        "the server runs inside this command on the configured or embedded backends."
+    ),
+]
+
+
+def _with_knowledge(url: str | None, use: Any) -> Any:
+    """Run ``use(client)`` against the server at ``url``, or one started here."""
+    if url:
+        return asyncio.run(_call_with(None, url, use))
+    with start_backends(_settings("WARNING")) as ready:
+        return asyncio.run(_call_with(ready, None, use))
+
+
+async def _call_with(settings: Settings | None, url: str | None, use: Any) -> Any:
+    from fastmcp import Client
+
+    assert url or settings
+    target: Any = url or knowledge.build_server(settings)  # type: ignore[arg-type]
+    async with Client(target) as client:
+        return await use(client)
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="A folder (searched recursively) or file: .json records {id, title, content} "
+            "or .md files (id = file name, title = first '# ' heading).",
+        ),
+    ],
+    source: Annotated[str, typer.Option(help="The articles' source, for filtering.")] = "files",
+    url: UrlOption = None,
+) -> None:
+    """Ingest articles and wait, with a progress bar, until they are searchable.
+
+    Unchanged articles are skipped; changed ones replace their old passages.
+    """
+    from rich.console import Console
+
+    from clients import kb
+
+    console = Console(stderr=True)
+    articles = kb.read_articles(path)
+    started = time.monotonic()
+    totals = _with_knowledge(
+        url, lambda client: kb.ingest_with_progress(client, articles, source, console)
+    )
+    console.print(
+        f"{len(articles)} articles: {totals['indexed']} indexed, {totals['unchanged']} "
+        f"unchanged, {totals['failed']} failed, in {time.monotonic() - started:.1f} s"
+    )
+    if totals["failed"]:
+        raise typer.Exit(1)
+
+
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="A question, in a customer's words.")],
+    k: Annotated[int, typer.Option(help="How many passages.")] = 5,
+    mode: Annotated[str, typer.Option(help="hybrid, dense or lexical.")] = "hybrid",
+    url: UrlOption = None,
+) -> None:
+    """Print the passages that best answer QUERY, ranked, with what to cite."""
+    from rich.console import Console
+
+    from clients import kb
+
+    hits = _with_knowledge(url, lambda client: kb.search(client, query, k, mode))
+    kb.print_hits(Console(), hits)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 2,
+) -> None:
+    """Run a Celery worker for every server's background tasks (needs SUPPORTMESH_QDRANT_URL).
+
+    With Qdrant in local mode the store admits one process, so the knowledge server runs its
+    own worker and this command is not needed.
+    """
+    settings = _settings()
+    if not settings.qdrant_url:
+        raise typer.BadParameter(
+            "Qdrant is in local mode: the knowledge server works its own tasks. "
+            "Set SUPPORTMESH_QDRANT_URL to run workers apart.",
+            param_hint="SUPPORTMESH_QDRANT_URL",
+        )
+    from servers.knowledge.tasks import use_settings
+    from servers.runtime.tasks import configure_tasks
+
+    with start_backends(settings) as ready:
+        use_settings(ready)
+        configure_tasks(ready).Worker(concurrency=concurrency, loglevel="INFO").start()
 
 
 if __name__ == "__main__":

@@ -27,10 +27,31 @@ from fastmcp import Client, FastMCP
 
 from clients.cli import backend_env
 from schemas.events import Event
+from servers.crm import server as crm_server_module
+from servers.crm.retail_format import read_store
+from servers.crm.server import DEMO_STORE
+from servers.crm.server import build_server as build_crm
+from servers.crm.store import Crm, load_store
+from servers.knowledge.server import build_server as build_knowledge
 from servers.runtime.backends import create_database, free_port, start_backends
+from servers.runtime.cache import ReadCache, cache_prefix
+from servers.runtime.database import migrate_and_open
 from servers.runtime.events import ensure_topics
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server as build_ticketing
+
+
+def shared_data() -> Path:
+    """The shared data sets (``../shared/data``; ``SUPPORTMESH_SHARED_DATA`` to move them)."""
+    candidates = [
+        os.environ.get("SUPPORTMESH_SHARED_DATA", ""),
+        str(Path(__file__).parent.parent.parent / "shared" / "data"),
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "tau2").is_dir():
+            return Path(candidate)
+    raise AssertionError(f"shared data not found in {candidates}; set SUPPORTMESH_SHARED_DATA")
 
 
 def with_database(url: str, name: str) -> str:
@@ -76,6 +97,56 @@ def ticketing_server(settings: Settings) -> FastMCP[Any]:
 async def ticketing(ticketing_server: FastMCP[Any]) -> AsyncIterator[Client[Any]]:
     """An MCP client of the ticketing server (in-memory transport, the real server)."""
     async with Client(ticketing_server) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def crm_server(settings: Settings) -> FastMCP[Any]:
+    return build_crm(settings)
+
+
+@pytest.fixture(scope="session")
+async def crm_records(settings: Settings) -> AsyncIterator[Crm]:
+    """The CRM's database and cache, as the server sees them, for loading and checking."""
+    assert settings.postgres_url and settings.redis_url
+    pool = await migrate_and_open(
+        settings.postgres_url, crm_server_module.NAME, crm_server_module.MIGRATIONS
+    )
+    cache = ReadCache(
+        settings.redis_url, cache_prefix("crm", settings.postgres_url), settings.cache_ttl_seconds
+    )
+    try:
+        yield Crm(pool=pool, cache=cache, settings=settings)
+    finally:
+        await cache.close()
+        await pool.close()
+
+
+@pytest.fixture
+async def demo_store(crm_records: Crm) -> Crm:
+    """The demo store, loaded afresh: every test starts from the same customers and orders."""
+    await load_store(
+        crm_records, read_store(DEMO_STORE / "db.json"), (DEMO_STORE / "policy.md").read_text()
+    )
+    return crm_records
+
+
+@pytest.fixture(scope="session")
+async def crm(crm_server: FastMCP[Any]) -> AsyncIterator[Client[Any]]:
+    """An MCP client of the CRM server (in-memory transport, the real server)."""
+    async with Client(crm_server) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def knowledge_server(settings: Settings) -> FastMCP[Any]:
+    return build_knowledge(settings)
+
+
+@pytest.fixture(scope="session")
+async def knowledge(knowledge_server: FastMCP[Any]) -> AsyncIterator[Client[Any]]:
+    """An MCP client of the knowledge server; its Celery worker runs in this process."""
+    async with Client(knowledge_server) as client:
         yield client
 
 
@@ -163,6 +234,37 @@ def ticketing_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     argv = [SUPPORTMESH, "serve", "ticketing", "--transport", "http", "--port", str(port)]
     with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
         yield f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture(scope="session")
+def crm_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The CRM server in a subprocess on streamable HTTP; yields its MCP URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("http") / "crm.log"
+    argv = [SUPPORTMESH, "serve", "crm", "--transport", "http", "--port", str(port)]
+    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture(scope="session")
+def knowledge_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The knowledge server in a subprocess on streamable HTTP; yields its MCP URL.
+
+    It gets a data directory of its own, since Qdrant's local store admits one process and this
+    session's in-process knowledge server has the default one, and so a database of its own too:
+    its articles are indexed in its own store.
+    """
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("http")
+    assert settings.postgres_url
+    with fresh_database(settings.postgres_url) as database:
+        env = supportmesh_env(settings) | {
+            "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
+            "SUPPORTMESH_POSTGRES_URL": database,
+        }
+        argv = [SUPPORTMESH, "serve", "knowledge", "--transport", "http", "--port", str(port)]
+        with running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / "knowledge.log"):
+            yield f"http://127.0.0.1:{port}/mcp"
 
 
 CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,11 @@ from fastmcp import Client
 from servers.runtime.backends import free_port
 from tests.conftest import SUPPORTMESH, inspector, running
 from tests.integration.test_backends import wait_gone
+
+
+def crm_port(ticketing_url: str) -> int:
+    """The CRM's port under `up`: one above ticketing's (8701, 8702, ...)."""
+    return int(ticketing_url.rsplit(":", 1)[1].split("/")[0]) + 1
 
 
 @pytest.fixture
@@ -26,14 +32,22 @@ def mesh(tmp_path: Path) -> Any:
     assert wait_gone(tmp_path / "data") == []
 
 
-async def test_up_serves_ticketing_on_embedded_backends(mesh: Any) -> None:
+async def test_up_serves_every_server_on_embedded_backends(mesh: Any) -> None:
     proc, url, log = mesh
-    printed = log.read_text()
-    assert f"ticketing  {url}" in printed
-    assert '"mcpServers"' in printed and '"supportmesh-ticketing"' in printed
+    deadline = time.monotonic() + 60
+    while "SupportMesh is up" not in (printed := log.read_text()):  # after every server started
+        assert time.monotonic() < deadline and proc.poll() is None, printed
+        time.sleep(0.2)
+    crm_url = f"http://127.0.0.1:{crm_port(url)}/mcp"
+    assert f"ticketing  {url}" in printed and f"crm        {crm_url}" in printed
+    assert '"mcpServers"' in printed and '"supportmesh-crm"' in printed
+    assert "Loaded the demo store" in printed
     async with Client(url) as client:
         made = await client.call_tool("create_ticket", {"subject": "Hello", "description": "d"})
         assert made.structured_content and made.structured_content["status"] == "new"
+    async with Client(crm_url) as client:
+        found = await client.call_tool("find_customer", {"email": "ada.quill@example.org"})
+        assert found.structured_content == {"customer_id": "ada_quill_1001"}
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
 

