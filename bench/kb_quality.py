@@ -20,7 +20,8 @@ from pathlib import Path
 from qdrant_client import QdrantClient
 
 from schemas.knowledge import SearchFilters, SearchMode
-from servers.knowledge.index import KnowledgeIndex, embedding_model
+from servers.knowledge.index import KnowledgeIndex
+from servers.runtime.embeddings import embedding_model
 from servers.runtime.vectors import Vectors
 from tests.conftest import shared_data
 

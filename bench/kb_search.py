@@ -29,17 +29,11 @@ from fastmcp import Client
 from qdrant_client import QdrantClient, models
 
 from schemas.knowledge import SearchFilters, SearchMode
-from servers.knowledge.index import (
-    CANDIDATES,
-    COLLECTION,
-    FUSION,
-    KnowledgeIndex,
-    embed,
-    embedding_model,
-)
+from servers.knowledge.index import CANDIDATES, COLLECTION, FUSION, KnowledgeIndex
 from servers.knowledge.server import build_server
 from servers.knowledge.text import chunk_article, document_sparse, query_sparse
 from servers.runtime.backends import start_backends
+from servers.runtime.embeddings import embed, embedding_model
 from servers.runtime.settings import Settings
 from servers.runtime.vectors import Vectors
 from tests.conftest import shared_data

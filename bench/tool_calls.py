@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from schemas.common import Role
+from servers.runtime.auth import issue_token
 from servers.runtime.backends import free_port, start_backends
 from servers.runtime.settings import Settings
 from tests.conftest import SUPPORTMESH, running, shared_data, supportmesh_env
@@ -34,9 +36,18 @@ HEADERS = {"accept": "application/json, text/event-stream", "content-type": "app
 
 
 async def measure(
-    url: str, tool: str, arguments: Callable[[int], dict[str, Any]], calls: int, concurrency: int
+    url: str,
+    tool: str,
+    arguments: Callable[[int], dict[str, Any]],
+    calls: int,
+    concurrency: int,
+    bearer: str,
 ) -> dict[str, float]:
-    """Call ``tool`` ``calls`` times from ``concurrency`` workers; throughput and latencies."""
+    """Call ``tool`` ``calls`` times from ``concurrency`` workers; throughput and latencies.
+
+    Every request carries the bearer token (the echo server ignores it; ours verify it).
+    """
+    headers = HEADERS | {"authorization": f"Bearer {bearer}"}
     latencies: list[float] = []
     counter = iter(range(calls))
 
@@ -49,7 +60,7 @@ async def measure(
                 "params": {"name": tool, "arguments": arguments(i)},
             }
             started = time.perf_counter()
-            response = await http.post(url, json=body, headers=HEADERS)
+            response = await http.post(url, json=body, headers=headers)
             latencies.append(time.perf_counter() - started)
             result = response.json()["result"]
             assert not result.get("isError"), result
@@ -101,6 +112,7 @@ def report(rounds: list[dict[str, tuple[dict[str, float], dict[str, float]]]]) -
 async def run(settings: Settings, workdir: Path, calls: int, concurrency: int, rounds: int) -> None:
     echo_port, ticket_port = free_port(), free_port()
     env = supportmesh_env(settings)
+    bearer = issue_token(settings, Role.AGENT, "bench")
     echo = running(
         [sys.executable, "-m", "bench.echo_server", str(echo_port)],
         env,
@@ -168,7 +180,7 @@ async def run(settings: Settings, workdir: Path, calls: int, concurrency: int, r
                 runs = [(url, tool, arguments), (echo_url, "echo_text", echo_arguments)]
                 if round_number % 2 == 0:
                     runs.reverse()
-                measured = [await measure(*run, calls, concurrency) for run in runs]
+                measured = [await measure(*run, calls, concurrency, bearer) for run in runs]
                 if round_number % 2 == 0:
                     measured.reverse()
                 paired[name] = (measured[0], measured[1])

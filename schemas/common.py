@@ -1,5 +1,6 @@
 """Field types shared by every server's contracts."""
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, StringConstraints
@@ -18,3 +19,18 @@ IdempotencyKey = Annotated[
         "and returns the first result. Use one per intended write."
     ),
 ]
+
+
+class Role(StrEnum):
+    """Who a caller is to the mesh (DESIGN §7). Each role has the scopes of the one before it."""
+
+    AGENT = "agent"  # reads and ordinary writes
+    APPROVER = "approver"  # + decide approvals
+    ADMIN = "admin"  # + ingest, delete, erase
+
+
+ROLE_SCOPES: dict[Role, tuple[str, ...]] = {
+    Role.AGENT: ("agent",),
+    Role.APPROVER: ("agent", "approver"),
+    Role.ADMIN: ("agent", "approver", "admin"),
+}

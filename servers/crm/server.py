@@ -386,7 +386,7 @@ def build_server(settings: Settings) -> FastMCP[Any]:
         finally:
             await cache.close()
 
-    server = new_server(NAME, INSTRUCTIONS, lifespan, completer=complete_customer_id)
+    server = new_server(NAME, INSTRUCTIONS, lifespan, settings, complete_customer_id)
     for read in (
         find_customer,
         get_customer,

@@ -8,36 +8,21 @@ Hybrid search asks both in one query (two prefetches fused by weighted reciproca
 
 import uuid
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 from model2vec import StaticModel
 from qdrant_client import models
 
 from schemas.knowledge import SearchFilters, SearchHit, SearchMode
 from servers.knowledge.text import Chunk, chunk_article, document_sparse, query_sparse
+from servers.runtime.embeddings import embed
 from servers.runtime.vectors import Vectors
 
 COLLECTION = "kb_chunks"
-SHIPPED_MODEL = Path(__file__).parent / "models" / "minilm-static-256"
 CANDIDATES = 50  # per retriever, before fusion
 # Reciprocal-rank fusion, lexical weighted above dense: the static model's dense ranking is the
 # weaker of the two on our banking query set (README, "Retrieval quality"), and an equal vote
 # let it pull good lexical hits down. k=10 rewards the top of each list more than the usual 60.
 FUSION = models.RrfQuery(rrf=models.Rrf(k=10, weights=[0.3, 1.0]))  # [dense, lexical]
-
-
-@cache
-def embedding_model(path: str | None) -> StaticModel:
-    """The model2vec model at ``path`` (default: the one shipped here), loaded once."""
-    return StaticModel.from_pretrained(path or str(SHIPPED_MODEL))
-
-
-def embed(model: StaticModel, texts: list[str]) -> list[list[float]]:
-    vectors: Any = model.encode(texts)
-    return np.asarray(vectors, dtype=np.float32).tolist()  # type: ignore[no-any-return]
 
 
 def point_id(article_id: str, content_hash: str, index: int) -> str:

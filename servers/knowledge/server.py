@@ -37,10 +37,11 @@ from schemas.knowledge import (
     Source,
 )
 from servers.knowledge import store
-from servers.knowledge.index import KnowledgeIndex, embedding_model
-from servers.knowledge.tasks import index_article, use_settings
+from servers.knowledge.index import KnowledgeIndex
+from servers.knowledge.tasks import index_article
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import Pool, like_prefix
+from servers.runtime.embeddings import embedding_model
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
@@ -240,17 +241,23 @@ def build_server(settings: Settings) -> FastMCP[Any]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[Knowledge]:
         configure_tasks(settings)
-        use_settings(settings)
         vectors = open_vectors(settings)
         index = KnowledgeIndex(vectors, embedding_model(settings.embedding_model))
         await asyncio.to_thread(index.ensure_collection)
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
             if vectors.local:  # nobody else can write this store: work its tasks here
-                stack.enter_context(worker_in_thread(settings))
+                stack.enter_context(worker_in_thread(settings, NAME))
             yield Knowledge(pool=pool, index=index, settings=settings)
 
-    server = new_server(NAME, INSTRUCTIONS, lifespan, completer=complete_article_id)
+    server = new_server(
+        NAME,
+        INSTRUCTIONS,
+        lifespan,
+        settings,
+        complete_article_id,
+        scopes={"ingest_articles": "admin", "delete_article": "admin"},
+    )
     server.tool(annotations=WRITE)(ingest_articles)
     server.tool(annotations=READ)(get_ingest_job)
     server.tool(annotations=READ)(search_articles)

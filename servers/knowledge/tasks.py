@@ -14,31 +14,25 @@ import psycopg
 from psycopg.rows import dict_row
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from servers.knowledge.index import KnowledgeIndex, embedding_model
-from servers.runtime.settings import Settings
-from servers.runtime.tasks import tasks
+from servers.knowledge.index import KnowledgeIndex
+from servers.runtime.embeddings import embedding_model
+from servers.runtime.tasks import task_settings, tasks
 from servers.runtime.vectors import open_vectors
 
 log = logging.getLogger(__name__)
 SCHEMA = "knowledge"
 RETRYABLE = (psycopg.OperationalError, ResponseHandlingException, UnexpectedResponse, OSError)
-_settings: list[Settings] = []
-
-
-def use_settings(settings: Settings) -> None:
-    """The backends this process's tasks use (a worker calls it before it starts)."""
-    _settings[:] = [settings]
 
 
 def _index() -> KnowledgeIndex:
-    settings = _settings[0]
+    settings = task_settings()
     index = KnowledgeIndex(open_vectors(settings), embedding_model(settings.embedding_model))
     index.ensure_collection()
     return index
 
 
 def _connect() -> psycopg.Connection[dict[str, Any]]:
-    url = _settings[0].postgres_url
+    url = task_settings().postgres_url
     assert url
     return psycopg.connect(url, options=f"-c search_path={SCHEMA}", row_factory=dict_row)
 
@@ -107,7 +101,7 @@ def index_article(self: Any, job_id: str, article_id: str, content_hash: str) ->
             return "failed"
         log.warning("index %s: %s; retrying", article_id, exc)
         # Under half the visibility timeout, or the waiting task is handed out a second time.
-        ceiling = max(1, _settings[0].task_visibility_timeout_seconds // 2)
+        ceiling = max(1, task_settings().task_visibility_timeout_seconds // 2)
         raise self.retry(exc=exc, countdown=min(ceiling, 2**self.request.retries)) from exc
     except Exception as exc:  # a problem with the article itself: retrying will not help
         log.exception("index %s failed", article_id)

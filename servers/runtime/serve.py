@@ -5,10 +5,12 @@ Every server is made by ``new_server`` so that all of them behave alike:
 - bad arguments reach the client as ``invalid_argument: <field>: <reason>``;
 - our own errors (``servers.runtime.errors``) pass through as written; anything else is masked
   to a generic error and logged with its traceback;
-- every tool call is counted and timed on ``/metrics``.
+- every tool call is counted and timed on ``/metrics``;
+- every tool call checks the caller's scope (``servers.runtime.auth``).
 
-Over HTTP the app validates ``Host`` and ``Origin`` (DNS-rebinding protection) and answers
-``/healthz`` (the process is up), ``/readyz`` (its backends answer) and ``/metrics``.
+Over HTTP the app requires a bearer token, validates ``Host`` and ``Origin`` (DNS-rebinding
+protection) and answers ``/healthz`` (the process is up), ``/readyz`` (its backends answer) and
+``/metrics`` without one.
 """
 
 import asyncio
@@ -27,14 +29,23 @@ from fastmcp.exceptions import ToolError
 from fastmcp.exceptions import ValidationError as FastMCPValidationError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware as AsgiMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers.runtime import telemetry
-from servers.runtime.errors import InvalidArgument, SupportMeshError, Unavailable
+from servers.runtime.auth import DEFAULT_SCOPE, http_auth, local_caller, token_caller
+from servers.runtime.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    SupportMeshError,
+    Unavailable,
+)
 from servers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,10 +84,11 @@ def _find_nul(value: object, path: str) -> str | None:
 
 
 class ToolCallMiddleware(Middleware):
-    """Turns errors into typed tool errors and records each call's outcome and latency."""
+    """Checks the caller's scope, turns errors into typed tool errors and records each call's
+    outcome and latency."""
 
-    def __init__(self, server: str) -> None:
-        self.server = server
+    def __init__(self, server: str, settings: Settings, scopes: dict[str, str]) -> None:
+        self.server, self.settings, self.scopes = server, settings, scopes
 
     async def on_call_tool(
         self,
@@ -85,6 +97,8 @@ class ToolCallMiddleware(Middleware):
     ) -> ToolResult:
         tool, started, outcome = context.message.name, time.perf_counter(), "ok"
         try:
+            caller = token_caller() or local_caller(self.settings)
+            caller.require(self.scopes.get(tool, DEFAULT_SCOPE), tool)
             arguments = context.message.arguments or {}
             # json.dumps writes NUL as \u0000: one C-speed scan, and the walk only on a hit.
             if "\\u0000" in json.dumps(arguments) and (field := _find_nul(arguments, "")):
@@ -123,14 +137,23 @@ class ToolCallMiddleware(Middleware):
 
 
 def new_server(
-    name: str, instructions: str, lifespan: LifespanFn, completer: Completer | None = None
+    name: str,
+    instructions: str,
+    lifespan: LifespanFn,
+    settings: Settings,
+    completer: Completer | None = None,
+    scopes: dict[str, str] | None = None,
 ) -> FastMCP[Any]:
-    """A FastMCP server with SupportMesh's error handling, metrics and completions."""
+    """A FastMCP server with SupportMesh's error handling, scopes, metrics and completions.
+
+    ``scopes`` names the tools that need more than the ``agent`` scope, e.g.
+    ``{"delete_article": "admin"}``.
+    """
     server: FastMCP[Any] = FastMCP(
         name,
         instructions=instructions,
         lifespan=lifespan,
-        middleware=[ToolCallMiddleware(name)],
+        middleware=[ToolCallMiddleware(name, settings, scopes or {})],
         mask_error_details=True,
     )
     if completer is not None:
@@ -165,10 +188,69 @@ async def _postgres_ready(url: str) -> None:
     await conn.close()
 
 
-def http_app(server: FastMCP[Any], settings: Settings, needs: Sequence[str]) -> Starlette:
+class ScopeChallenge:
+    """Answers a request whose token lacks the scope it needs with 403 and the MCP step-up
+    challenge (``WWW-Authenticate: Bearer error="insufficient_scope", scope=...``).
+
+    Every MCP request needs ``agent``; a ``tools/call`` needs its tool's scope. Requests without
+    a verified token pass on, to be refused with 401 by the bearer-auth layer.
+    """
+
+    def __init__(self, app: ASGIApp, scopes: dict[str, str], resource_metadata: str) -> None:
+        self.app, self.scopes, self.resource_metadata = app, scopes, resource_metadata
+
+    def needed(self, body: bytes) -> tuple[str, str]:
+        """The scope a request body needs, and what needs it."""
+        if b'"tools/call"' in body:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                message = json.loads(body)
+                if message.get("method") == "tools/call":
+                    tool = str(message["params"]["name"])
+                    return self.scopes.get(tool, DEFAULT_SCOPE), tool
+        return DEFAULT_SCOPE, "this server"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not isinstance(user, AuthenticatedUser)
+        ):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while not messages or messages[-1].get("more_body", False):
+            messages.append(await receive())
+            if messages[-1]["type"] != "http.request":
+                break
+        needed, what = self.needed(b"".join(m.get("body", b"") for m in messages))
+        if needed not in user.scopes:
+            error = PermissionDenied("scope", f"{what} needs the '{needed}' scope")
+            challenge = (
+                f'Bearer error="insufficient_scope", scope="{needed}", '
+                f'error_description="{error}", resource_metadata="{self.resource_metadata}"'
+            )
+            response = JSONResponse(
+                {"error": "insufficient_scope", "error_description": str(error)},
+                status_code=403,
+                headers={"WWW-Authenticate": challenge},
+            )
+            await response(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def http_app(
+    server: FastMCP[Any], settings: Settings, needs: Sequence[str], base_url: str
+) -> Starlette:
     """The server's Starlette app: MCP at ``/mcp`` plus ``/healthz``, ``/readyz``, ``/metrics``.
 
-    ``needs`` names the backends ``/readyz`` checks (``postgres``, ``redis``).
+    ``needs`` names the backends ``/readyz`` checks (``postgres``, ``redis``); ``base_url``
+    is where clients reach the server (``http://host:port``), for its OAuth metadata.
     """
     checks: dict[str, Callable[[], Awaitable[None]]] = {}
     if "postgres" in needs and settings.postgres_url:
@@ -206,6 +288,14 @@ def http_app(server: FastMCP[Any], settings: Settings, needs: Sequence[str]) -> 
 
     for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
         server.custom_route(path, methods=["GET"])(endpoint)
+    middleware: list[AsgiMiddleware] = []
+    server.auth = http_auth(settings, base_url)
+    if server.auth is not None:
+        tools = next(m for m in server.middleware if isinstance(m, ToolCallMiddleware))
+        metadata = f"{base_url}/.well-known/oauth-protected-resource/mcp"
+        middleware.append(
+            AsgiMiddleware(ScopeChallenge, scopes=tools.scopes, resource_metadata=metadata)
+        )
     return server.http_app(
         path="/mcp",
         stateless_http=True,
@@ -213,6 +303,7 @@ def http_app(server: FastMCP[Any], settings: Settings, needs: Sequence[str]) -> 
         host_origin_protection=True,
         allowed_hosts=[*settings.allowed_hosts, settings.host],
         allowed_origins=settings.allowed_origins,
+        middleware=middleware,
     )
 
 

@@ -7,9 +7,10 @@ backend whose URL is unset runs embedded under ``data_dir`` (see ``backends.py``
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.common import Role
 from schemas.ticketing import SlaPolicy
 
 
@@ -41,7 +42,35 @@ class Settings(BaseSettings):
         description="Origin header values (scheme://host, any port) HTTP servers accept.",
     )
     log_level: str = "INFO"
-    actor: str = Field("local-user", description="Who the stdio transport acts as (audit).")
+    actor: str = Field(
+        "local-user", description="Who stdio and in-process calls act as (audit, approvals)."
+    )
+    role: Role = Field(
+        Role.ADMIN,
+        description="The role stdio and in-process calls have. Whoever can start the process "
+        "can reach its databases, so admin by default; set agent to narrow an assistant.",
+    )
+    auth_signing_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="The HS256 key that signs and verifies bearer tokens (32+ characters); "
+        "unset = a random key kept in <data_dir>/auth-signing-key, made on first use.",
+    )
+    auth_jwks_uri: str | None = Field(
+        None,
+        description="Verify tokens from an identity provider's JWKS (RS256) instead of the "
+        "signing key; `supportmesh token issue` is then not used.",
+    )
+    auth_issuer: str = Field(
+        "http://127.0.0.1:8700",
+        description="The issuer (iss) tokens must carry; advertised as the authorization server.",
+    )
+    auth_audience: str = Field("supportmesh", description="The audience (aud) tokens must carry.")
+    http_auth: bool = Field(
+        True,
+        description="Require a bearer token on HTTP. Off only for clients that cannot send "
+        "one (the MCP conformance suite); the server then warns at start-up.",
+    )
 
     outbox_poll_seconds: float = Field(
         1.0, gt=0, description="How often the outbox relay looks for events it was not told of."
@@ -50,13 +79,28 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None,
         description="A model2vec model (a folder) that embeds text; unset = the static model "
-        "shipped with the knowledge server (servers/knowledge/models/).",
+        "shipped in servers/runtime/models/.",
     )
     task_visibility_timeout_seconds: int = Field(
         60,
         ge=2,
         description="A task taken by a worker that died is run again after this long. Keep it "
         "above the longest task's run time, or a slow task runs twice.",
+    )
+    approval_sweep_seconds: float = Field(
+        30.0, gt=0, description="How often approvals past their expiry are marked expired."
+    )
+    session_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="A session is dropped this long after its last turn."
+    )
+    session_max_turns: int = Field(
+        200, ge=1, le=100_000, description="A session keeps its latest turns, this many."
+    )
+    session_idle_seconds: int = Field(
+        1800, ge=1, description="A session with no turn for this long is summarised."
+    )
+    memory_sweep_seconds: float = Field(
+        60.0, gt=0, description="How often idle sessions are looked for."
     )
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."

@@ -5,45 +5,63 @@ dies, so a task runs at least once: every task must be safe to run twice. A task
 worker that was killed outright returns to the queue after ``task_visibility_timeout_seconds``.
 
 A worker runs either as its own process (``supportmesh worker``), or inside a server's process
-(``worker_in_thread``) when the backend its tasks write can be opened by one process only:
-Qdrant in local mode.
+(``worker_in_thread``): always for the servers of ``supportmesh up``, and whenever the backend
+a task writes can be opened by one process only (Qdrant in local mode). The servers of one
+process share one worker. Periodic tasks (approval expiry, session consolidation) are sent by
+Celery beat, run the same way (``beat_in_thread``); a task sent twice by two beats is harmless,
+since every task is safe to run twice.
 
-Each environment has its own queue (``task_queue``), so one Redis can carry the tasks of several
+Each environment has its own queues (``task_queue``), so one Redis can carry the tasks of several
 environments — tests beside development, or servers each with a Qdrant local store of their own —
-and a worker never takes a task meant for another environment's databases.
+and a worker never takes a task meant for another environment's databases. Within an
+environment each server's tasks (named ``<server>.<task>``) have a queue of their own, which
+only that server's worker (and ``supportmesh worker``) takes from: a server holding Qdrant's
+local store never has its tasks run by another process that cannot open it.
 """
 
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
-from celery.worker import WorkController
+from celery.beat import EmbeddedService, Scheduler
 
 from servers.runtime.settings import Settings, place
 from servers.runtime.vectors import vectors_location
 
 tasks = Celery("supportmesh", set_as_current=False)
+_configured: list[Settings] = []
 
 
-def task_queue(settings: Settings) -> str:
-    """The queue of this environment's tasks, ``supportmesh.1a2b3c4d``.
+def task_queue(settings: Settings, server: str) -> str:
+    """The queue of one server's tasks in this environment, ``supportmesh.1a2b3c4d.knowledge``.
 
     Named after where tasks write — the PostgreSQL database and Qdrant — so the servers and
     workers of one environment share it and nobody else's worker takes from it.
     """
     assert settings.postgres_url, "start_backends fills in postgres_url"
     where = f"{place(settings.postgres_url)} {vectors_location(settings)}"
-    return f"supportmesh.{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+    return f"supportmesh.{hashlib.sha256(where.encode()).hexdigest()[:8]}.{server}"
+
+
+def server_queues(settings: Settings) -> list[str]:
+    """The queues of every server whose tasks this process has imported."""
+    servers = {name.split(".")[0] for name in tasks.tasks if not name.startswith("celery.")}
+    return [task_queue(settings, server) for server in sorted(servers)]
 
 
 def configure_tasks(settings: Settings) -> Celery:
     """Point the app at ``settings``' Redis; call once per process before sending or working."""
     assert settings.redis_url, "start_backends fills in redis_url"
+    _configured[:] = [settings]
     tasks.conf.update(
         broker_url=settings.redis_url,
-        task_default_queue=task_queue(settings),
+        task_default_queue=task_queue(settings, "default"),
+        # knowledge.index_article goes to the knowledge server's queue, and so on.
+        task_routes=(lambda name, *_, **__: {"queue": task_queue(settings, name.split(".")[0])},),
         result_backend=settings.redis_url,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -66,22 +84,88 @@ def configure_tasks(settings: Settings) -> Celery:
     return tasks
 
 
+def task_settings() -> Settings:
+    """The settings this process's tasks use (those given to ``configure_tasks``)."""
+    assert _configured, "configure_tasks(settings) was not called in this process"
+    return _configured[0]
+
+
+@dataclass
+class _Running:
+    thread: threading.Thread
+    stop: Callable[[], None]
+    users: int = 1
+
+
+_running: dict[str, _Running] = {}
+_starting = threading.Lock()
+
+
 @contextlib.contextmanager
-def worker_in_thread(settings: Settings, concurrency: int = 2) -> Iterator[WorkController]:
-    """A worker (thread pool) inside this process until the block exits."""
-    configure_tasks(settings)
-    worker = tasks.WorkController(
-        pool="threads",
-        concurrency=concurrency,
-        loglevel="WARNING",
-        without_heartbeat=True,
-        without_mingle=True,
-        without_gossip=True,
-    )
-    thread = threading.Thread(target=worker.start, name="celery-worker", daemon=True)
-    thread.start()
+def _shared(
+    name: str, start: Callable[[], tuple[threading.Thread, Callable[[], None]]]
+) -> Iterator[None]:
+    """One thread per ``name`` in this process, started by the first block that asks for it
+    and stopped when the last one exits."""
+    with _starting:
+        if name in _running:
+            _running[name].users += 1
+        else:
+            thread, stop = start()
+            thread.start()
+            _running[name] = _Running(thread, stop)
     try:
-        yield worker
+        yield
     finally:
-        worker.stop(in_sighandler=False)
-        thread.join(timeout=30)
+        with _starting:
+            running = _running[name]
+            running.users -= 1
+            if running.users == 0:
+                del _running[name]
+                running.stop()
+                running.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def worker_in_thread(settings: Settings, server: str, concurrency: int = 2) -> Iterator[None]:
+    """A worker (thread pool) for ``server``'s tasks inside this process until the block exits
+    (one per server and process, however many blocks ask)."""
+    configure_tasks(settings)
+    queue = task_queue(settings, server)
+
+    def start() -> tuple[threading.Thread, Callable[[], None]]:
+        worker = tasks.WorkController(
+            pool="threads",
+            concurrency=concurrency,
+            loglevel="WARNING",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            queues=[queue],
+        )
+        thread = threading.Thread(target=worker.start, name=f"worker {server}", daemon=True)
+        return thread, lambda: worker.stop(in_sighandler=False)
+
+    with _shared(f"worker {queue}", start):
+        yield
+
+
+@contextlib.contextmanager
+def beat_in_thread(settings: Settings, server: str, schedule: dict[str, Any]) -> Iterator[None]:
+    """Celery beat sending ``server``'s periodic ``schedule`` from inside this process until the
+    block exits (one per server and process)."""
+    configure_tasks(settings)
+
+    class ServerSchedule(Scheduler):  # type: ignore[misc]
+        """Only this server's entries, kept in memory: after a restart the sweeps start over,
+        which suits tasks that look at the database each time."""
+
+        def setup_schedule(self) -> None:
+            self.merge_inplace(schedule)
+
+    def start() -> tuple[threading.Thread, Callable[[], None]]:
+        beat = EmbeddedService(tasks, thread=True, scheduler_cls=ServerSchedule)
+        return beat, beat.stop
+
+    with _shared(f"beat {task_queue(settings, server)}", start):
+        yield

@@ -309,7 +309,7 @@ def build_server(settings: Settings) -> FastMCP[Any]:
         async with schema_with_outbox(settings, NAME, MIGRATIONS) as pool:
             yield Ticketing(pool=pool, settings=settings)
 
-    server = new_server(NAME, INSTRUCTIONS, lifespan, completer=complete_ticket_id)
+    server = new_server(NAME, INSTRUCTIONS, lifespan, settings, complete_ticket_id)
     server.tool(annotations=CREATE, title="Create ticket")(create_ticket)
     server.tool(annotations=READ, title="Get ticket")(get_ticket)
     server.tool(annotations=READ, title="Search tickets")(search_tickets)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,19 @@ def mesh(tmp_path: Path) -> Any:
     log = tmp_path / "up.log"
     argv = [SUPPORTMESH, "up", f"--port-offset={port - 8701}"]
     with running(argv, env, f"http://127.0.0.1:{port}/readyz", log) as proc:
-        yield proc, f"http://127.0.0.1:{port}/mcp", log
+        yield proc, f"http://127.0.0.1:{port}/mcp", log, env
     assert proc.returncode == 0, log.read_text()
     assert wait_gone(tmp_path / "data") == []
 
 
+def issue(env: dict[str, str], role: str) -> str:
+    """A token from `supportmesh token issue`, signed with the mesh's own key."""
+    argv = [SUPPORTMESH, "token", "issue", "--role", role, "--subject", f"e2e-{role}"]
+    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
 async def test_up_serves_every_server_on_embedded_backends(mesh: Any) -> None:
-    proc, url, log = mesh
+    proc, url, log, env = mesh
     deadline = time.monotonic() + 60
     while "SupportMesh is up" not in (printed := log.read_text()):  # after every server started
         assert time.monotonic() < deadline and proc.poll() is None, printed
@@ -42,10 +49,11 @@ async def test_up_serves_every_server_on_embedded_backends(mesh: Any) -> None:
     assert f"ticketing  {url}" in printed and f"crm        {crm_url}" in printed
     assert '"mcpServers"' in printed and '"supportmesh-crm"' in printed
     assert "Loaded the demo store" in printed
-    async with Client(url) as client:
+    bearer = issue(env, "agent")
+    async with Client(url, auth=bearer) as client:
         made = await client.call_tool("create_ticket", {"subject": "Hello", "description": "d"})
         assert made.structured_content and made.structured_content["status"] == "new"
-    async with Client(crm_url) as client:
+    async with Client(crm_url, auth=bearer) as client:
         found = await client.call_tool("find_customer", {"email": "ada.quill@example.org"})
         assert found.structured_content == {"customer_id": "ada_quill_1001"}
     proc.send_signal(signal.SIGINT)
@@ -54,10 +62,13 @@ async def test_up_serves_every_server_on_embedded_backends(mesh: Any) -> None:
 
 @pytest.mark.node
 def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) -> None:
-    proc, url, _ = mesh
-    listed = inspector(node_tools, url, "--method", "tools/list")
+    proc, url, _, env = mesh
+    bearer = issue(env, "agent")
+    listed = inspector(node_tools, url, bearer, "--method", "tools/list")
     assert len(listed["tools"]) == 6
-    called = inspector(node_tools, url, "--method", "tools/call", "--tool-name", "search_tickets")
+    called = inspector(
+        node_tools, url, bearer, "--method", "tools/call", "--tool-name", "search_tickets"
+    )
     assert called["structuredContent"]["tickets"] == []
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)

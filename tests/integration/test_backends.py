@@ -33,8 +33,13 @@ def engines_under(data_dir: Path) -> list[psutil.Process]:
     for proc in psutil.process_iter(["cmdline", "open_files"]):
         with_dir = str(data_dir) in " ".join(proc.info["cmdline"] or [])
         logs = any(str(data_dir) in f.path for f in proc.info["open_files"] or [])
-        if (with_dir or logs) and proc.pid != os.getpid() and proc.status() != "zombie":
-            found.append(proc)
+        if not (with_dir or logs) or proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() != "zombie":
+                found.append(proc)
+        except (psutil.NoSuchProcess, FileNotFoundError):  # it exited while we looked
+            pass
     return found
 
 

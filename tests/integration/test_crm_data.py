@@ -17,7 +17,14 @@ from fastmcp import Client
 
 from servers.runtime.backends import free_port
 from servers.runtime.settings import Settings
-from tests.conftest import SUPPORTMESH, fresh_database, running, shared_data, supportmesh_env
+from tests.conftest import (
+    SUPPORTMESH,
+    fresh_database,
+    running,
+    shared_data,
+    supportmesh_env,
+    token,
+)
 from tests.integration.test_ticketing_tools import call, refused
 
 RETAIL = shared_data() / "tau2" / "retail"
@@ -105,7 +112,7 @@ def first_order(retail: Settings, status: str, *, paid_by: str) -> dict[str, Any
 
 
 async def test_actions_on_real_orders_over_http(retail_http: str, retail: Settings) -> None:
-    async with Client(retail_http) as client:
+    async with Client(retail_http, auth=token(retail)) as client:
         assert await call(client, "find_customer", email="noah.brown7922@example.com") == {
             "customer_id": "noah_brown_6181"
         }
@@ -175,7 +182,7 @@ async def test_actions_on_real_orders_over_http(retail_http: str, retail: Settin
 async def test_the_other_actions_on_real_records_over_http(
     retail_http: str, retail: Settings
 ) -> None:
-    async with Client(retail_http) as client:
+    async with Client(retail_http, auth=token(retail)) as client:
         pending = first_order(retail, "pending", paid_by="credit_card")
         customer_id = pending["customer_id"]
         orders = await call(client, "list_customer_orders", customer_id=customer_id)

@@ -17,9 +17,17 @@ import psycopg
 import pytest
 from fastmcp import Client
 
+from schemas.common import Role
 from servers.runtime.backends import free_port
 from servers.runtime.settings import Settings
-from tests.conftest import SUPPORTMESH, fresh_database, running, shared_data, supportmesh_env
+from tests.conftest import (
+    SUPPORTMESH,
+    fresh_database,
+    running,
+    shared_data,
+    supportmesh_env,
+    token,
+)
 from tests.integration.test_ticketing_tools import call
 
 BANKING = shared_data() / "tau2" / "banking_knowledge" / "documents"
@@ -52,7 +60,7 @@ async def test_a_killed_worker_s_job_completes_after_redelivery(
         ready = f"http://127.0.0.1:{port}/readyz"
 
         with running(argv, env, ready, tmp_path / "first.log") as first:
-            async with Client(url) as client:
+            async with Client(url, auth=token(settings, Role.ADMIN)) as client:
                 job = await call(client, "ingest_articles", articles=articles, source="banking")
                 while job["indexed"] < 20:
                     await asyncio.sleep(0.05)
@@ -63,7 +71,7 @@ async def test_a_killed_worker_s_job_completes_after_redelivery(
         killed_at = job["indexed"]
 
         with running(argv, env, ready, tmp_path / "second.log"):
-            async with Client(url) as client:
+            async with Client(url, auth=token(settings, Role.ADMIN)) as client:
                 for _ in range(1200):
                     job = await call(client, "get_ingest_job", job_id=job["id"])
                     if job["status"] != "running":

