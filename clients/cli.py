@@ -5,6 +5,8 @@
     supportmesh backends                    just the embedded engines, printing their URLs
     supportmesh migrate                     bring every server's schema up to date
     supportmesh crm load|export PATH        the CRM's customers, orders and products
+    supportmesh kb ingest PATH | search Q   the knowledge base
+    supportmesh token issue --role R ...    a bearer token for the HTTP transport
 
 Settings come from ``SUPPORTMESH_*`` variables or ``.env``; see ``servers/runtime/settings.py``.
 """
@@ -12,6 +14,7 @@ Settings come from ``SUPPORTMESH_*`` variables or ``.env``; see ``servers/runtim
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -25,11 +28,15 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas.common import Role
+from servers.approvals import server as approvals
 from servers.crm import server as crm
 from servers.crm import store as crm_store
 from servers.crm.retail_format import read_store, store_document
 from servers.crm.store import Crm, LoadReport
 from servers.knowledge import server as knowledge
+from servers.memory import server as memory
+from servers.runtime.auth import issue_token
 from servers.runtime.backends import qdrant_location, start_backends
 from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate as migrate_schema
@@ -52,6 +59,8 @@ SERVERS: dict[str, ServerEntry] = {
     "ticketing": ServerEntry(ticketing, 8701, ("postgres",)),
     "crm": ServerEntry(crm, 8702, ("postgres", "redis")),
     "knowledge": ServerEntry(knowledge, 8703, ("postgres", "redis")),
+    "memory": ServerEntry(memory, 8705, ("postgres", "redis")),
+    "approvals": ServerEntry(approvals, 8706, ("postgres", "redis")),
 }
 ServerName = StrEnum("ServerName", {name: name for name in SERVERS})  # type: ignore[misc]
 
@@ -119,7 +128,8 @@ def serve(
 async def _serve_http(
     server: Any, settings: Settings, host: str, port: int, needs: tuple[str, ...]
 ) -> None:
-    async with serving_http(http_app(server, settings, needs), host, port):
+    app = http_app(server, settings, needs, f"http://{host}:{port}")
+    async with serving_http(app, host, port):
         print(f"{server.name}: http://{host}:{port}/mcp", file=sys.stderr, flush=True)
         await asyncio.Event().wait()
 
@@ -160,9 +170,8 @@ async def _up(settings: Settings, host: str, port_offset: int, started: float) -
         for name, entry in SERVERS.items():
             port = entry.port + port_offset
             server = entry.module.build_server(settings)
-            await stack.enter_async_context(
-                serving_http(http_app(server, settings, entry.needs), host, port)
-            )
+            app = http_app(server, settings, entry.needs, f"http://{host}:{port}")
+            await stack.enter_async_context(serving_http(app, host, port))
             urls[name] = f"http://{host}:{port}/mcp"
         _print_mesh(settings, urls, time.monotonic() - started)
         await asyncio.Event().wait()
@@ -209,8 +218,11 @@ def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> Non
         f"  kafka      {settings.kafka_bootstrap}",
         f"  qdrant     {qdrant_location(settings)}",
         "",
-        "Try it:  npx @modelcontextprotocol/inspector --cli "
-        f"{next(iter(urls.values()))} --transport http --method tools/list",
+        "Every HTTP call needs a bearer token; mint one and try it:",
+        "  TOKEN=$(supportmesh token issue --role agent --subject you@example.com)",
+        "  npx @modelcontextprotocol/inspector --cli "
+        f"{next(iter(urls.values()))} --transport http "
+        '--header "Authorization: Bearer $TOKEN" --method tools/list',
         "",
         "Claude Desktop (claude_desktop_config.json) - stdio servers on these backends:",
         json.dumps(claude_desktop_config(settings), indent=2),
@@ -218,6 +230,38 @@ def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> Non
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)
+
+
+token_app = typer.Typer(help="Bearer tokens for the HTTP transport.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("issue")
+def token_issue(
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="agent: read + ordinary writes; approver: + decide approvals; "
+            "admin: + ingest, delete, erase."
+        ),
+    ],
+    subject: Annotated[
+        str, typer.Option(help="Who the token stands for: audit rows and approvals name them.")
+    ],
+    ttl: Annotated[int, typer.Option(min=60, help="Seconds until it expires.")] = 8 * 3600,
+) -> None:
+    """Print a signed bearer token (JWT) for SUBJECT with ROLE's scopes.
+
+    Signed with SUPPORTMESH_AUTH_SIGNING_KEY, or the key kept in the data directory, which the
+    servers of this data directory verify with. Send it as `Authorization: Bearer <token>`.
+    """
+    settings = Settings()
+    if settings.auth_jwks_uri:
+        raise typer.BadParameter(
+            "tokens come from your identity provider (SUPPORTMESH_AUTH_JWKS_URI is set)",
+            param_hint="SUPPORTMESH_AUTH_JWKS_URI",
+        )
+    print(issue_token(settings, role, subject, ttl))
 
 
 @app.command()
@@ -356,26 +400,30 @@ app.add_typer(kb_app, name="kb")
 UrlOption = Annotated[
     str | None,
     typer.Option(
-        help="A running knowledge server's MCP URL (e.g. http://127.0.0.1:8703/mcp); by default "
-        "the server runs inside this command on the configured or embedded backends."
+        help="A running knowledge server's MCP URL (e.g. http://127.0.0.1:8703/mcp), called "
+        "with $SUPPORTMESH_TOKEN, or else a token minted here as SUPPORTMESH_ACTOR with "
+        "SUPPORTMESH_ROLE; by default the server runs inside this command on the configured "
+        "or embedded backends."
     ),
 ]
 
 
 def _with_knowledge(url: str | None, use: Any) -> Any:
     """Run ``use(client)`` against the server at ``url``, or one started here."""
+    settings = _settings("WARNING")
     if url:
-        return asyncio.run(_call_with(None, url, use))
-    with start_backends(_settings("WARNING")) as ready:
-        return asyncio.run(_call_with(ready, None, use))
+        bearer = os.environ.get("SUPPORTMESH_TOKEN") or issue_token(
+            settings, settings.role, settings.actor, ttl_seconds=3600
+        )
+        return asyncio.run(_call_with(url, use, bearer))
+    with start_backends(settings) as ready:
+        return asyncio.run(_call_with(knowledge.build_server(ready), use))
 
 
-async def _call_with(settings: Settings | None, url: str | None, use: Any) -> Any:
+async def _call_with(target: Any, use: Any, bearer: str | None = None) -> Any:
     from fastmcp import Client
 
-    assert url or settings
-    target: Any = url or knowledge.build_server(settings)  # type: ignore[arg-type]
-    async with Client(target) as client:
+    async with Client(target, auth=bearer) as client:
         return await use(client)
 
 
@@ -446,12 +494,16 @@ def worker(
             "Set SUPPORTMESH_QDRANT_URL to run workers apart.",
             param_hint="SUPPORTMESH_QDRANT_URL",
         )
-    from servers.knowledge.tasks import use_settings
-    from servers.runtime.tasks import configure_tasks
+    import servers.approvals.tasks
+    import servers.knowledge.tasks
+    import servers.memory.tasks  # noqa: F401
+    from servers.runtime.tasks import configure_tasks, server_queues
 
     with start_backends(settings) as ready:
-        use_settings(ready)
-        configure_tasks(ready).Worker(concurrency=concurrency, loglevel="INFO").start()
+        worker = configure_tasks(ready).Worker(
+            concurrency=concurrency, loglevel="INFO", queues=server_queues(ready)
+        )
+        worker.start()
 
 
 if __name__ == "__main__":

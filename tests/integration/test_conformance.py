@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import inspector, node_env
+from servers.runtime.settings import Settings
+from tests.conftest import bearer_proxy, inspector, node_env, token
 
 pytestmark = pytest.mark.node
 
@@ -29,20 +30,27 @@ GENERIC_SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge"])
+@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge", "memory", "approvals"])
 @pytest.mark.parametrize("scenario", GENERIC_SCENARIOS)
 def test_conformance_scenario_passes(
-    node_tools: Path, request: pytest.FixtureRequest, server: str, scenario: str, tmp_path: Path
+    node_tools: Path,
+    request: pytest.FixtureRequest,
+    server: str,
+    scenario: str,
+    tmp_path: Path,
+    settings: Settings,
 ) -> None:
     url = request.getfixturevalue(f"{server}_http")
     cli = node_tools / "node_modules" / ".bin" / "conformance"
-    done = subprocess.run(
-        [str(cli), "server", "--url", url, "--scenario", scenario, "-o", str(tmp_path)],
-        env=node_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # The suite cannot send a bearer token: a proxy adds one and changes nothing else.
+    with bearer_proxy(url, token(settings)) as proxied:
+        done = subprocess.run(
+            [str(cli), "server", "--url", proxied, "--scenario", scenario, "-o", str(tmp_path)],
+            env=node_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     checks: list[dict[str, Any]] = []
     for found in tmp_path.glob("*/checks.json"):
         checks += json.loads(found.read_text())
@@ -50,12 +58,16 @@ def test_conformance_scenario_passes(
     assert done.returncode == 0 and checks and not failed, done.stdout + done.stderr
 
 
-def test_inspector_lists_and_calls_ticketing_tools(node_tools: Path, ticketing_http: str) -> None:
-    listed = inspector(node_tools, ticketing_http, "--method", "tools/list")
+def test_inspector_lists_and_calls_ticketing_tools(
+    node_tools: Path, ticketing_http: str, settings: Settings
+) -> None:
+    bearer = token(settings)
+    listed = inspector(node_tools, ticketing_http, bearer, "--method", "tools/list")
     assert {t["name"] for t in listed["tools"]} >= {"create_ticket", "get_ticket"}
     created = inspector(
         node_tools,
         ticketing_http,
+        bearer,
         "--method",
         "tools/call",
         "--tool-name",
@@ -70,6 +82,7 @@ def test_inspector_lists_and_calls_ticketing_tools(node_tools: Path, ticketing_h
     got = inspector(
         node_tools,
         ticketing_http,
+        bearer,
         "--method",
         "tools/call",
         "--tool-name",
@@ -81,6 +94,7 @@ def test_inspector_lists_and_calls_ticketing_tools(node_tools: Path, ticketing_h
     missing = inspector(
         node_tools,
         ticketing_http,
+        bearer,
         "--method",
         "tools/call",
         "--tool-name",
@@ -92,13 +106,15 @@ def test_inspector_lists_and_calls_ticketing_tools(node_tools: Path, ticketing_h
 
 
 def test_inspector_lists_and_calls_crm_and_knowledge_tools(
-    node_tools: Path, crm_http: str, knowledge_http: str
+    node_tools: Path, crm_http: str, knowledge_http: str, settings: Settings
 ) -> None:
-    crm_tools = inspector(node_tools, crm_http, "--method", "tools/list")["tools"]
+    bearer = token(settings)
+    crm_tools = inspector(node_tools, crm_http, bearer, "--method", "tools/list")["tools"]
     assert {"find_customer", "cancel_pending_order"} <= {t["name"] for t in crm_tools}
     missing = inspector(
         node_tools,
         crm_http,
+        bearer,
         "--method",
         "tools/call",
         "--tool-name",
@@ -107,11 +123,12 @@ def test_inspector_lists_and_calls_crm_and_knowledge_tools(
         'order_id="#W0000000"',
     )
     assert missing["isError"] and "not_found: order_id" in missing["content"][0]["text"]
-    kb_tools = inspector(node_tools, knowledge_http, "--method", "tools/list")["tools"]
+    kb_tools = inspector(node_tools, knowledge_http, bearer, "--method", "tools/list")["tools"]
     assert {"ingest_articles", "search_articles"} <= {t["name"] for t in kb_tools}
     found = inspector(
         node_tools,
         knowledge_http,
+        bearer,
         "--method",
         "tools/call",
         "--tool-name",
