@@ -44,6 +44,7 @@ from servers.runtime.database import migrate_and_open
 from servers.runtime.errors import InvalidArgument
 from servers.runtime.serve import http_app, serve_stdio, serving_http
 from servers.runtime.settings import Settings
+from servers.runtime.tasks import work_here
 from servers.runtime.telemetry import configure_logging
 from servers.ticketing import server as ticketing
 
@@ -166,6 +167,7 @@ def up(
 
 async def _up(settings: Settings, host: str, port_offset: int, started: float) -> None:
     urls: dict[str, str] = {}
+    work_here(*SERVERS)  # one Celery worker in this process runs every server's tasks
     async with contextlib.AsyncExitStack() as stack:
         for name, entry in SERVERS.items():
             port = entry.port + port_offset

@@ -50,6 +50,7 @@ from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate_and_open
 from servers.runtime.events import ensure_topics
 from servers.runtime.settings import Settings
+from servers.runtime.tasks import work_here
 from servers.ticketing.server import build_server as build_ticketing
 
 
@@ -87,6 +88,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings whose backend URLs all point at running servers."""
+    work_here("knowledge", "memory", "approvals")  # the in-process servers share one worker
     data_dir = tmp_path_factory.mktemp("supportmesh")
     # One signing key for every server this session starts, whatever its data directory.
     key = SecretStr(secrets.token_urlsafe(48))
@@ -325,72 +327,63 @@ def running(
 SUPPORTMESH = str(Path(sys.executable).parent / "supportmesh")
 
 
+@contextlib.contextmanager
+def serving_over_http(
+    name: str, settings: Settings, workdir: Path, own_store: bool = False
+) -> Iterator[str]:
+    """``supportmesh serve NAME`` in a subprocess on streamable HTTP; yields its MCP URL.
+
+    ``own_store``: a data directory of its own, for servers holding Qdrant's local store (it
+    admits one process, and this session's in-process servers have the default one), and so a
+    database of its own too, whose records match that store.
+    """
+    port = free_port()
+    argv = [SUPPORTMESH, "serve", name, "--transport", "http", "--port", str(port)]
+    assert settings.postgres_url
+    with contextlib.ExitStack() as stack:
+        env = supportmesh_env(settings)
+        if own_store:
+            database = stack.enter_context(fresh_database(settings.postgres_url))
+            env |= {
+                "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
+                "SUPPORTMESH_POSTGRES_URL": database,
+            }
+        stack.enter_context(
+            running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log")
+        )
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
 @pytest.fixture(scope="session")
 def ticketing_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The ticketing server in a subprocess on streamable HTTP; yields its MCP URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("http") / "ticketing.log"
-    argv = [SUPPORTMESH, "serve", "ticketing", "--transport", "http", "--port", str(port)]
-    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
-        yield f"http://127.0.0.1:{port}/mcp"
+    with serving_over_http("ticketing", settings, tmp_path_factory.mktemp("http")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def crm_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The CRM server in a subprocess on streamable HTTP; yields its MCP URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("http") / "crm.log"
-    argv = [SUPPORTMESH, "serve", "crm", "--transport", "http", "--port", str(port)]
-    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
-        yield f"http://127.0.0.1:{port}/mcp"
+    with serving_over_http("crm", settings, tmp_path_factory.mktemp("http")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def knowledge_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The knowledge server in a subprocess on streamable HTTP; yields its MCP URL.
-
-    It gets a data directory of its own, since Qdrant's local store admits one process and this
-    session's in-process knowledge server has the default one, and so a database of its own too:
-    its articles are indexed in its own store.
-    """
-    port = free_port()
     workdir = tmp_path_factory.mktemp("http")
-    assert settings.postgres_url
-    with fresh_database(settings.postgres_url) as database:
-        env = supportmesh_env(settings) | {
-            "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
-            "SUPPORTMESH_POSTGRES_URL": database,
-        }
-        argv = [SUPPORTMESH, "serve", "knowledge", "--transport", "http", "--port", str(port)]
-        with running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / "knowledge.log"):
-            yield f"http://127.0.0.1:{port}/mcp"
-
-
-@pytest.fixture(scope="session")
-def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The approvals server in a subprocess on streamable HTTP; yields its MCP URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("http") / "approvals.log"
-    argv = [SUPPORTMESH, "serve", "approvals", "--transport", "http", "--port", str(port)]
-    with running(argv, supportmesh_env(settings), f"http://127.0.0.1:{port}/readyz", log):
-        yield f"http://127.0.0.1:{port}/mcp"
+    with serving_over_http("knowledge", settings, workdir, own_store=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def memory_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The memory server in a subprocess on streamable HTTP, with a Qdrant store of its own
-    (local mode admits one process) and so a database of its own; yields its MCP URL."""
-    port = free_port()
     workdir = tmp_path_factory.mktemp("http")
-    assert settings.postgres_url
-    with fresh_database(settings.postgres_url) as database:
-        env = supportmesh_env(settings) | {
-            "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
-            "SUPPORTMESH_POSTGRES_URL": database,
-        }
-        argv = [SUPPORTMESH, "serve", "memory", "--transport", "http", "--port", str(port)]
-        with running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / "memory.log"):
-            yield f"http://127.0.0.1:{port}/mcp"
+    with serving_over_http("memory", settings, workdir, own_store=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving_over_http("approvals", settings, tmp_path_factory.mktemp("http")) as url:
+        yield url
 
 
 CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"

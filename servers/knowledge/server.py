@@ -101,7 +101,8 @@ async def ingest_articles(
     source: Source = "api",
     idempotency_key: IdempotencyKey | None = None,
 ) -> IngestJob:
-    """Add or update knowledge-base articles; returns a job at once, indexing runs behind it.
+    """Add or update knowledge-base articles (admin role); returns a job at once, indexing
+    runs behind it.
 
     Each article has an `id` (stable: the same id updates the article), a `title`, a markdown
     `body` whose headings become the sections hits cite, and optional `tags`. An article sent
@@ -178,7 +179,7 @@ async def list_articles(
 async def delete_article(
     article_id: ArticleId, ctx: Context, idempotency_key: IdempotencyKey | None = None
 ) -> DeletedArticle:
-    """Remove an article and all its passages from search, for good."""
+    """Remove an article and all its passages from search, for good (admin role)."""
     kb = _kb(ctx)
 
     async def remove_chunks(article_id: str) -> int:

@@ -126,14 +126,31 @@ def _shared(
                 running.thread.join(timeout=30)
 
 
+_local_servers: set[str] = set()
+_worker_queues: dict[str, list[str]] = {}
+
+
+def work_here(*servers: str) -> None:
+    """Name the servers whose tasks this process's worker will run, before any of them starts.
+
+    A process has one worker: Celery workers in one process share their broker connections,
+    and stopping one breaks the others. ``supportmesh up`` names all of its servers; a process
+    running one server need not call this.
+    """
+    _local_servers.update(servers)
+
+
 @contextlib.contextmanager
-def worker_in_thread(settings: Settings, server: str, concurrency: int = 2) -> Iterator[None]:
-    """A worker (thread pool) for ``server``'s tasks inside this process until the block exits
-    (one per server and process, however many blocks ask)."""
+def worker_in_thread(settings: Settings, server: str, concurrency: int = 3) -> Iterator[None]:
+    """This process's worker (a thread pool), running ``server``'s tasks and those of the
+    servers named by ``work_here``, until the last block that asked for it exits."""
     configure_tasks(settings)
-    queue = task_queue(settings, server)
+    _local_servers.add(server)
+    name = f"worker {task_queue(settings, 'worker')}"
+    queues = [task_queue(settings, s) for s in sorted(_local_servers)]
 
     def start() -> tuple[threading.Thread, Callable[[], None]]:
+        _worker_queues[name] = queues
         worker = tasks.WorkController(
             pool="threads",
             concurrency=concurrency,
@@ -141,12 +158,17 @@ def worker_in_thread(settings: Settings, server: str, concurrency: int = 2) -> I
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
-            queues=[queue],
+            queues=queues,
         )
-        thread = threading.Thread(target=worker.start, name=f"worker {server}", daemon=True)
+        thread = threading.Thread(target=worker.start, name="celery-worker", daemon=True)
         return thread, lambda: worker.stop(in_sighandler=False)
 
-    with _shared(f"worker {queue}", start):
+    with _shared(name, start):
+        if task_queue(settings, server) not in _worker_queues[name]:
+            raise RuntimeError(
+                f"this process's worker started before the {server} server: name every server "
+                "with work_here() first"
+            )
         yield
 
 

@@ -69,6 +69,53 @@ def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) 
     called = inspector(
         node_tools, url, bearer, "--method", "tools/call", "--tool-name", "search_tickets"
     )
+    # Memory (8705) and approvals (8706) too, each with the token its tools need.
+    ticketing_port = crm_port(url) - 1
+    memory_url = url.replace(str(ticketing_port), str(ticketing_port + 4))
+    approvals_url = url.replace(str(ticketing_port), str(ticketing_port + 5))
+    recalled = inspector(
+        node_tools,
+        memory_url,
+        bearer,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "recall",
+        "--tool-arg",
+        'customer_id="ada_quill_1001"',
+        "--tool-arg",
+        'query="email"',
+    )
+    assert recalled["structuredContent"] == {"customer_id": "ada_quill_1001", "hits": []}
+    asked = inspector(
+        node_tools,
+        approvals_url,
+        bearer,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "request_approval",
+        "--tool-arg",
+        'subject="order/#W9000001"',
+        "--tool-arg",
+        'action_tool="crm.cancel_pending_order"',
+        "--tool-arg",
+        'reason="twice"',
+    )["structuredContent"]
+    decided = inspector(
+        node_tools,
+        approvals_url,
+        issue(env, "approver"),
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "decide_approval",
+        "--tool-arg",
+        f'approval_id="{asked["id"]}"',
+        "--tool-arg",
+        'decision="approve"',
+    )["structuredContent"]
+    assert (decided["status"], decided["decided_by"]) == ("approved", "e2e-approver")
     assert called["structuredContent"]["tickets"] == []
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)

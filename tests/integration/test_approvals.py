@@ -58,6 +58,8 @@ async def test_request_then_approve(
         "ok",
     )
     assert await call(approvals, "get_approval", approval_id=asked["id"]) == decided
+    again = await refused(approver, "decide_approval", approval_id=asked["id"], decision="reject")
+    assert again == "conflict: approval_id: already approved by bob"
     resource = await approvals.read_resource(f"approvals://{asked['id']}")
     assert isinstance(resource[0], mt.TextResourceContents) and '"approved"' in resource[0].text
     audit = await db.execute(
@@ -229,6 +231,12 @@ async def test_bad_input_is_refused_by_field_and_writes_nothing(
     assert text == f"not_found: approval_id: no approval {missing}"
     text = await refused(approver, "decide_approval", approval_id=missing, decision="maybe")
     assert text.startswith("invalid_argument: decision")
+    text = await refused(approvals, "get_approval", approval_id="42")
+    assert text.startswith("invalid_argument: approval_id")
+    text = await refused(approvals, "list_pending_approvals", limit=0)
+    assert text.startswith("invalid_argument: limit")
+    text = await refused(approvals, "list_pending_approvals", requested_by="x" * 201)
+    assert text.startswith("invalid_argument: requested_by")
     assert await snapshot(db) == before
 
 

@@ -15,12 +15,11 @@ import psycopg
 import pytest
 from fastmcp import Client
 
-from servers.runtime.backends import free_port
 from servers.runtime.settings import Settings
 from tests.conftest import (
     SUPPORTMESH,
     fresh_database,
-    running,
+    serving_over_http,
     shared_data,
     supportmesh_env,
     token,
@@ -89,11 +88,8 @@ def test_load_refuses_a_malformed_file_and_writes_nothing(retail: Settings, tmp_
 @pytest.fixture(scope="module")
 def retail_http(retail: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     supportmesh(retail, "crm", "load", str(RETAIL))
-    port = free_port()
-    log = tmp_path_factory.mktemp("crm-http") / "crm.log"
-    argv = [SUPPORTMESH, "serve", "crm", "--transport", "http", "--port", str(port)]
-    with running(argv, supportmesh_env(retail), f"http://127.0.0.1:{port}/readyz", log):
-        yield f"http://127.0.0.1:{port}/mcp"
+    with serving_over_http("crm", retail, tmp_path_factory.mktemp("crm-http")) as url:
+        yield url
 
 
 def first_order(retail: Settings, status: str, *, paid_by: str) -> dict[str, Any]:

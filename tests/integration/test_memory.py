@@ -266,6 +266,9 @@ async def test_bad_input_is_refused_by_field_and_writes_nothing(
         ("remember", {"customer_id": "", "text": "x", "kind": "fact"}, "customer_id"),
         ("recall", {"customer_id": who, "query": ""}, "query"),
         ("recall", {"customer_id": who, "query": "x", "k": 51}, "k"),
+        ("recall", {"customer_id": who, "query": "x", "kind": "gossip"}, "kind"),
+        ("list_memories", {"customer_id": who, "limit": 0}, "limit"),
+        ("list_memories", {"customer_id": who, "kind": "gossip"}, "kind"),
         ("forget_customer", {"customer_id": "  "}, "customer_id"),
     ]
     for tool, arguments, field in cases:
