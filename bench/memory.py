@@ -135,8 +135,8 @@ async def run(settings: Settings, calls: int, rounds: int, sessions: int) -> Non
     per = (after - before) / sessions
     print(
         f"Redis memory for {sessions} sessions x 10 turns ({len(TURN)}-character turns): "
-        f"{(after - before) / 2**20:.1f} MiB, {per / 1024:.2f} KiB a session "
-        f"(x {10_000 / sessions:.0f} = {per * 10_000 / 2**20:.1f} MiB per 10,000)"
+        f"{(after - before) / 2**20:.1f} MiB, {per / 1024:.2f} KiB a session, "
+        f"{per * 10_000 / 2**20:.1f} MiB per 10,000 sessions"
     )
 
 

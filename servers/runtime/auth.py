@@ -21,13 +21,14 @@ import os
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 from fastmcp import Context
-from fastmcp.server.auth import RemoteAuthProvider
+from fastmcp.server.auth import AccessToken, RemoteAuthProvider
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 from fastmcp.server.dependencies import get_access_token
 from pydantic import AnyHttpUrl
@@ -119,6 +120,31 @@ def issue_token(settings: Settings, role: Role, subject: str, ttl_seconds: int =
     return jwt.encode(claims, signing_key(settings), algorithm="HS256")
 
 
+class RememberingVerifier(JWTVerifier):
+    """A ``JWTVerifier`` that remembers the tokens it accepted until they expire.
+
+    A client sends the same token with every request; checking its signature and claims once
+    is enough. Holds at most ``size`` tokens, dropping the oldest.
+    """
+
+    def __init__(self, size: int = 1024, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = size
+        self.accepted: OrderedDict[str, AccessToken] = OrderedDict()
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        known = self.accepted.get(token)
+        if known is not None and known.expires_at is not None and known.expires_at > time.time():
+            return known
+        verified = await super().verify_token(token)
+        self.accepted.pop(token, None)
+        if verified is not None and verified.expires_at is not None:
+            self.accepted[token] = verified
+            while len(self.accepted) > self.size:
+                self.accepted.popitem(last=False)
+        return verified
+
+
 def http_auth(settings: Settings, base_url: str) -> RemoteAuthProvider | None:
     """The resource-server auth of an HTTP server at ``base_url``, or None when turned off."""
     if not settings.http_auth:
@@ -130,14 +156,14 @@ def http_auth(settings: Settings, base_url: str) -> RemoteAuthProvider | None:
         )
         return None
     if settings.auth_jwks_uri:
-        verifier = JWTVerifier(
+        verifier = RememberingVerifier(
             jwks_uri=settings.auth_jwks_uri,
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             algorithm="RS256",
         )
     else:
-        verifier = JWTVerifier(
+        verifier = RememberingVerifier(
             public_key=signing_key(settings),
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,

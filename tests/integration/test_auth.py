@@ -1,6 +1,7 @@
 """Authentication and roles over real streamable HTTP (servers in subprocesses), and the local
 identity of in-process and stdio calls."""
 
+import asyncio
 import base64
 from typing import Any
 
@@ -141,3 +142,13 @@ async def test_approvals_over_http_identify_people_by_their_tokens(
         text = await refused(client, "decide_approval", approval_id=mine["id"], decision="reject")
     assert decided["decided_by"] == "bob@support.example"
     assert text.startswith("permission_denied: approval_id: you requested this approval")
+
+
+async def test_an_accepted_token_is_refused_once_it_expires(
+    ticketing_http: str, settings: Settings
+) -> None:
+    """Servers remember tokens they verified, but never past their expiry."""
+    brief = issue_token(settings, Role.AGENT, "brief", ttl_seconds=2)
+    assert (await post(ticketing_http, LIST_TOOLS, brief)).status_code == 200
+    await asyncio.sleep(2.5)
+    assert (await post(ticketing_http, LIST_TOOLS, brief)).status_code == 401
