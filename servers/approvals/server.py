@@ -33,7 +33,7 @@ from schemas.common import IdempotencyKey
 from servers.approvals import store
 from servers.approvals.tasks import SWEEP_TASK
 from servers.runtime.auth import Caller, current_caller
-from servers.runtime.database import Pool, like_prefix
+from servers.runtime.database import Pool, values_starting_with
 from servers.runtime.errors import Conflict
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
@@ -190,13 +190,12 @@ async def complete_approval_id(
     """Pending approval ids starting with what was typed, oldest first."""
     if argument != "approval_id" or ref != "approvals://{approval_id}":
         return []
-    async with approvals.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id FROM approvals WHERE status = 'pending' AND id LIKE %s "
-            "ORDER BY requested_at LIMIT 101",
-            [like_prefix(prefix)],
-        )
-        return [row["id"] for row in await cur.fetchall()]
+    return await values_starting_with(
+        approvals.pool,
+        "SELECT id FROM approvals WHERE status = 'pending' AND id LIKE %s "
+        "ORDER BY requested_at LIMIT 101",
+        prefix,
+    )
 
 
 def build_server(settings: Settings) -> FastMCP[Any]:

@@ -37,7 +37,7 @@ from servers.crm import store
 from servers.crm.store import Crm
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.cache import ReadCache, cache_prefix
-from servers.runtime.database import like_prefix
+from servers.runtime.database import values_starting_with
 from servers.runtime.errors import InvalidArgument, NotFound
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
@@ -363,13 +363,12 @@ async def complete_customer_id(
     """Customer ids starting with what was typed."""
     if argument != "customer_id" or ref != "crm://customers/{customer_id}":
         return []
-    async with crm.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT customer_id FROM customers WHERE customer_id LIKE %s "
-            "ORDER BY customer_id LIMIT 101",
-            [like_prefix(prefix)],
-        )
-        return [row["customer_id"] for row in await cur.fetchall()]
+    return await values_starting_with(
+        crm.pool,
+        "SELECT customer_id FROM customers WHERE customer_id LIKE %s "
+        "ORDER BY customer_id LIMIT 101",
+        prefix,
+    )
 
 
 def build_server(settings: Settings) -> FastMCP[Any]:

@@ -40,7 +40,7 @@ from servers.knowledge import store
 from servers.knowledge.index import KnowledgeIndex
 from servers.knowledge.tasks import index_article
 from servers.runtime.auth import Caller, current_caller
-from servers.runtime.database import Pool, like_prefix
+from servers.runtime.database import Pool, values_starting_with
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
@@ -229,11 +229,11 @@ async def complete_article_id(
     """Article ids starting with what was typed."""
     if argument != "article_id" or ref != "kb://articles/{article_id}":
         return []
-    async with kb.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id FROM articles WHERE id LIKE %s ORDER BY id LIMIT 101", [like_prefix(prefix)]
-        )
-        return [row["id"] for row in await cur.fetchall()]
+    return await values_starting_with(
+        kb.pool,
+        "SELECT id FROM articles WHERE id LIKE %s ORDER BY id LIMIT 101",
+        prefix,
+    )
 
 
 def build_server(settings: Settings) -> FastMCP[Any]:

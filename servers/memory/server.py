@@ -37,7 +37,7 @@ from servers.memory import store
 from servers.memory.sessions import Sessions
 from servers.memory.tasks import SWEEP_TASK, sessions_of
 from servers.runtime.auth import Caller, current_caller
-from servers.runtime.database import like_prefix
+from servers.runtime.database import values_starting_with
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
@@ -189,13 +189,12 @@ async def complete_customer_id(
     """Customers with memories whose id starts with what was typed."""
     if argument != "customer_id" or ref != "memory://customers/{customer_id}":
         return []
-    async with memory.long_term.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT DISTINCT customer_id FROM memories WHERE customer_id LIKE %s "
-            "ORDER BY customer_id LIMIT 101",
-            [like_prefix(prefix)],
-        )
-        return [row["customer_id"] for row in await cur.fetchall()]
+    return await values_starting_with(
+        memory.long_term.pool,
+        "SELECT DISTINCT customer_id FROM memories WHERE customer_id LIKE %s "
+        "ORDER BY customer_id LIMIT 101",
+        prefix,
+    )
 
 
 def build_server(settings: Settings) -> FastMCP[Any]:

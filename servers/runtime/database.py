@@ -83,3 +83,11 @@ async def migrate_and_open(postgres_url: str, schema: str, migrations: Path) -> 
 def like_prefix(prefix: str) -> str:
     """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def values_starting_with(pool: Pool, sql: str, prefix: str) -> list[Any]:
+    """The first column of ``sql``, whose one parameter is a LIKE pattern, for ``prefix``:
+    what completions offer for a partly typed id."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(sql, [like_prefix(prefix)])).fetchall()
+    return [next(iter(row.values())) for row in rows]

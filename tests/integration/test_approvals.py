@@ -205,6 +205,9 @@ async def test_pending_list_pages_and_filters(
     assert text == "invalid_argument: cursor: belongs to a query with other filters"
     resource = await approver.read_resource("approvals://pending")
     assert isinstance(resource[0], mt.TextResourceContents) and made[0] in resource[0].text
+    template = mt.ResourceTemplateReference(type="ref/resource", uri="approvals://{approval_id}")
+    done = await approver.complete(template, {"name": "approval_id", "value": made[3][:12]})
+    assert made[3] in done.values
 
 
 async def test_bad_input_is_refused_by_field_and_writes_nothing(

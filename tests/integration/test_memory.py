@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+import mcp.types as mt
 import psycopg
 from fastmcp import Client
 from qdrant_client import models
@@ -119,6 +120,14 @@ async def test_list_memories_pages_oldest_first(memory: Client[Any]) -> None:
         if (cursor := page["next_cursor"]) is None:
             break
     assert seen == [f"Fact number {i}." for i in range(5)]
+    template = mt.ResourceTemplateReference(
+        type="ref/resource", uri="memory://customers/{customer_id}"
+    )
+    done = await memory.complete(template, {"name": "customer_id", "value": who[:-2]})
+    assert who in done.values
+    contents = await memory.read_resource(f"memory://customers/{who}")
+    assert isinstance(contents[0], mt.TextResourceContents)
+    assert "Fact number 4." in contents[0].text
     text = await refused(memory, "list_memories", customer_id=customer(), cursor="bogus")
     assert text.startswith("invalid_argument: cursor")
 
