@@ -6,13 +6,14 @@ email) on the shared retail store (``../shared/data/tau2/retail``, loaded first)
 Each server runs in its own process, served the same way (uvicorn, stateless streamable HTTP,
 JSON responses); one client process drives each in turn with the same concurrency and counts.
 
-    python -m bench.tool_calls [--calls 1000] [--concurrency 8] [--rounds 5]
+    python -m bench.tool_calls [--calls 1000] [--concurrency 8] [--rounds 9]
 
 Backends come from ``SUPPORTMESH_*`` settings, or start embedded.
 """
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -81,6 +82,17 @@ async def measure(
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
     }
+
+
+def serving_stack() -> str:
+    """The event loop and HTTP parser uvicorn serves with here, the same for every server."""
+    found = []
+    for name in ("uvloop", "httptools"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"no {name}")
+    return ", ".join(found)
 
 
 def echo_arguments(i: int) -> dict[str, Any]:
@@ -188,7 +200,7 @@ async def run(settings: Settings, workdir: Path, calls: int, concurrency: int, r
     print(
         f"{rounds} rounds of {calls} calls a tool, {concurrency} concurrent, "
         f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
-        f"{platform.python_version()}, {platform.machine()}"
+        f"{platform.python_version()}, {platform.machine()}; every server on {serving_stack()}"
     )
     print(report(results))
 
@@ -197,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     workdir = Path(".supportmesh") / "bench"
     workdir.mkdir(parents=True, exist_ok=True)

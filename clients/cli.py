@@ -42,7 +42,7 @@ from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate as migrate_schema
 from servers.runtime.database import migrate_and_open
 from servers.runtime.errors import InvalidArgument
-from servers.runtime.serve import http_app, serve_stdio, serving_http
+from servers.runtime.serve import event_loop_factory, http_app, serve_stdio, serving_http
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import work_here
 from servers.runtime.telemetry import configure_logging
@@ -96,8 +96,11 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         await main
 
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(until_signalled())
+    with (
+        contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),
+        asyncio.Runner(loop_factory=event_loop_factory()) as runner,
+    ):
+        runner.run(until_signalled())
 
 
 @app.command()

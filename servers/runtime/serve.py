@@ -311,6 +311,20 @@ def http_app(
     )
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (``uvicorn[standard]`` brings it everywhere
+    but Windows), else None for asyncio's own: the loop ``uvicorn.run`` would pick.
+
+    It roughly halves the loop's cost per request, and a tool awaiting PostgreSQL, Redis or
+    Kafka waits on the loop several times per call.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 class _Uvicorn(uvicorn.Server):
     """Leaves SIGINT/SIGTERM to the caller, which may run several servers in one loop."""
 
