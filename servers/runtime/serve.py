@@ -315,8 +315,8 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (``uvicorn[standard]`` brings it everywhere
     but Windows), else None for asyncio's own: the loop ``uvicorn.run`` would pick.
 
-    It roughly halves the loop's cost per request, and a tool awaiting PostgreSQL, Redis or
-    Kafka waits on the loop several times per call.
+    A tool that awaits PostgreSQL, Redis or Kafka goes through the loop several times per call;
+    on uvloop, ``get_ticket`` went from about 510 to 650 calls/s in ``bench.tool_calls``.
     """
     try:
         import uvloop
