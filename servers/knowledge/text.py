@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")  # opens a fenced code block (CommonMark)
 WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 STOP_WORDS = frozenset(
     [
@@ -102,13 +103,19 @@ def _sections(body: str) -> list[tuple[tuple[str, ...], list[str]]]:
     """(heading path, lines) for each run of text under one heading."""
     path: list[tuple[int, str]] = []
     sections: list[tuple[tuple[str, ...], list[str]]] = [((), [])]
+    fence: str | None = None  # the marker of the code block we are in: no headings there
     for line in body.splitlines():
-        if match := HEADING.match(line):
+        if fence is None and (match := HEADING.match(line)):
             level, title = len(match.group(1)), match.group(2).strip()
             path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
             sections.append((tuple(t for _, t in path), []))
-        else:
-            sections[-1][1].append(line)
+            continue
+        if fence is None:
+            if opening := FENCE.match(line):
+                fence = opening.group(1)
+        elif re.fullmatch(rf" {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*", line):
+            fence = None
+        sections[-1][1].append(line)
     return [(headings, lines) for headings, lines in sections if "".join(lines).strip()]
 
 
