@@ -454,7 +454,10 @@ def kb_ingest(
     from clients import kb
 
     console = Console(stderr=True)
-    articles = kb.read_articles(path)
+    try:
+        articles = kb.read_articles(path)
+    except kb.ArticleFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PATH") from exc
     started = time.monotonic()
     totals = _with_knowledge(
         url, lambda client: kb.ingest_with_progress(client, articles, source, console)

@@ -9,45 +9,75 @@ from typing import Any
 
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from schemas.knowledge import NewArticle
 
 BATCH = 100  # articles per ingest_articles call
 STALL_SECONDS = 600  # give up when no article moves for this long
 
 
+class ArticleFileError(ValueError):
+    """A file that cannot become an article, or two files that would be the same article."""
+
+
+def _record(file: Path) -> dict[str, Any]:
+    if file.suffix == ".json":
+        try:
+            record = json.loads(file.read_text())
+        except ValueError as exc:
+            raise ArticleFileError(f"{file}: not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise ArticleFileError(f"{file}: not a JSON object {{id, title, content}}")
+        return {
+            "id": record.get("id"),
+            "title": record.get("title"),
+            "body": record.get("body", record.get("content")),
+            "tags": record.get("tags", []),
+        }
+    text = file.read_text()
+    first, _, rest = text.partition("\n")
+    titled = first.startswith("# ")
+    return {
+        "id": file.stem,
+        "title": first[2:].strip() if titled else file.stem,
+        "body": rest if titled else text,
+        "tags": [],
+    }
+
+
 def read_articles(path: Path) -> list[dict[str, Any]]:
     """Articles from ``path``: a ``.json`` record ({id, title, content or body}), a ``.md`` file
-    (id = file name, title = its first '# ' heading), or a folder of either."""
+    (id = file name, title = its first '# ' heading), or a folder of either.
+
+    Every file is checked against the article schema first, and two files giving one id are
+    refused, so that nothing is sent when the folder has a problem: ``ArticleFileError`` names
+    the file(s).
+    """
     files = (
         sorted(p for p in path.rglob("*") if p.suffix in (".json", ".md"))
         if path.is_dir()
         else [path]
     )
-    articles = []
+    articles: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
     for file in files:
-        if file.suffix == ".json":
-            record = json.loads(file.read_text())
-            articles.append(
-                {
-                    "id": record["id"],
-                    "title": record["title"],
-                    "body": record.get("body", record.get("content")),
-                    "tags": record.get("tags", []),
-                }
+        record = _record(file)
+        try:
+            article = NewArticle.model_validate(record)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            field = ".".join(str(part) for part in error["loc"])
+            raise ArticleFileError(f"{file}: {field}: {error['msg']}") from exc
+        if article.id in seen:
+            raise ArticleFileError(
+                f"{seen[article.id]} and {file} are both article '{article.id}'; "
+                "rename one (a .md file's id is its file name)"
             )
-        else:
-            text = file.read_text()
-            first, _, rest = text.partition("\n")
-            titled = first.startswith("# ")
-            articles.append(
-                {
-                    "id": file.stem,
-                    "title": first[2:].strip() if titled else file.stem,
-                    "body": rest if titled else text,
-                    "tags": [],
-                }
-            )
+        seen[article.id] = file
+        articles.append(record)
     return articles
 
 

@@ -43,3 +43,17 @@ def test_worker_apart_needs_a_qdrant_server(tmp_path: Path) -> None:
     done = supportmesh(tmp_path, "worker")
     assert done.returncode == 2
     assert "Qdrant is in local mode" in done.stderr
+
+
+def test_ingest_refuses_a_folder_with_two_articles_of_one_id_before_sending(
+    tmp_path: Path,
+) -> None:
+    for folder in ("billing", "shipping"):
+        (tmp_path / "docs" / folder).mkdir(parents=True)
+        (tmp_path / "docs" / folder / "faq.md").write_text("# FAQ\n\nAsk us.\n")
+    refused = supportmesh(tmp_path, "kb", "ingest", str(tmp_path / "docs"))
+    assert refused.returncode == 2
+    # typer boxes and wraps the message at the terminal's width
+    message = "".join(c for c in refused.stderr if c not in "│ \n")
+    assert "billing/faq.mdand" in message and "shipping/faq.mdarebotharticle'faq'" in message
+    assert not (tmp_path / "data").exists()  # no engine was started, nothing was stored
