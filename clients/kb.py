@@ -24,9 +24,13 @@ class ArticleFileError(ValueError):
 
 
 def _record(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArticleFileError(f"{file}: not UTF-8 text") from exc
     if file.suffix == ".json":
         try:
-            record = json.loads(file.read_text())
+            record = json.loads(text)
         except ValueError as exc:
             raise ArticleFileError(f"{file}: not JSON: {exc}") from exc
         if not isinstance(record, dict):
@@ -37,7 +41,6 @@ def _record(file: Path) -> dict[str, Any]:
             "body": record.get("body", record.get("content")),
             "tags": record.get("tags", []),
         }
-    text = file.read_text()
     first, _, rest = text.partition("\n")
     titled = first.startswith("# ")
     return {

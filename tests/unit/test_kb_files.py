@@ -48,13 +48,17 @@ def test_two_files_with_one_id_are_refused_naming_both(tmp_path: Path) -> None:
         ("list.json", "[1, 2]", "not a JSON object"),
         ("untitled.json", json.dumps({"id": "x1", "content": "Body."}), "title"),
         ("has space.md", "# Title\n\nBody.\n", "id"),
+        ("latin1.md", b"# Caf\xe9\n", "not UTF-8"),
     ],
 )
 def test_a_file_that_is_not_an_article_is_named(
-    tmp_path: Path, name: str, text: str, expected: str
+    tmp_path: Path, name: str, text: str | bytes, expected: str
 ) -> None:
     (tmp_path / "fine.md").write_text("# Fine\n\nBody.\n")
-    (tmp_path / name).write_text(text)
+    if isinstance(text, bytes):
+        (tmp_path / name).write_bytes(text)
+    else:
+        (tmp_path / name).write_text(text)
     with pytest.raises(ArticleFileError) as refused:
         read_articles(tmp_path)
     assert str(refused.value).startswith(str(tmp_path / name)) and expected in str(refused.value)
