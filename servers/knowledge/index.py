@@ -2,7 +2,8 @@
 
 One collection, ``kb_chunks``: each point is a chunk with a dense vector (the static model) and
 a sparse lexical vector (BM25 weights, IDF applied by Qdrant). Point ids derive from article id,
-content hash and chunk number, so indexing the same content twice writes the same points.
+index key (content hash and ``INDEX_VERSION``) and chunk number, so indexing the same content
+twice with the same code writes the same points.
 Hybrid search asks both in one query (two prefetches fused by weighted reciprocal rank).
 """
 
@@ -25,8 +26,20 @@ CANDIDATES = 50  # per retriever, before fusion
 FUSION = models.RrfQuery(rrf=models.Rrf(k=10, weights=[0.3, 1.0]))  # [dense, lexical]
 
 
-def point_id(article_id: str, content_hash: str, index: int) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb:{article_id}:{content_hash}:{index}"))
+# How an article becomes points: chunking and vectors. Bump it when either changes. An article
+# indexed under another version no longer counts as indexed, so the next ingest re-cuts its
+# passages although its text is the same. 2: code blocks no longer split sections.
+INDEX_VERSION = 2
+
+
+def index_key(content_hash: str) -> str:
+    """What an article's points and ``articles.indexed_hash`` carry once this content is indexed
+    by this version of the code."""
+    return f"{content_hash}:v{INDEX_VERSION}"
+
+
+def point_id(article_id: str, key: str, index: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb:{article_id}:{key}:{index}"))
 
 
 def _article_filter(article_id: str) -> models.Filter:
@@ -66,10 +79,12 @@ class KnowledgeIndex:
         body: str,
         tags: list[str],
         source: str,
-        content_hash: str,
+        key: str,
         first_time: bool = False,
     ) -> int:
         """Make the article's chunks exactly those of this content; returns how many.
+
+        ``key`` is ``index_key`` of the content: chunks carrying another key are removed.
 
         ``first_time`` (never indexed before) skips looking for old chunks to delete, which
         local mode does by scanning every point.
@@ -82,14 +97,14 @@ class KnowledgeIndex:
             indices, values = document_sparse(f"{title}\n{' '.join(chunk.headings)}\n{chunk.text}")
             points.append(
                 models.PointStruct(
-                    id=point_id(article_id, content_hash, chunk.index),
+                    id=point_id(article_id, key, chunk.index),
                     vector={
                         "dense": vector,
                         "lexical": models.SparseVector(indices=indices, values=values),
                     },
                     payload={
                         "article_id": article_id,
-                        "content_hash": content_hash,
+                        "index_key": key,
                         "title": title,
                         "headings": list(chunk.headings),
                         "text": chunk.text,
@@ -103,11 +118,7 @@ class KnowledgeIndex:
             must=[
                 models.FieldCondition(key="article_id", match=models.MatchValue(value=article_id))
             ],
-            must_not=[
-                models.FieldCondition(
-                    key="content_hash", match=models.MatchValue(value=content_hash)
-                )
-            ],
+            must_not=[models.FieldCondition(key="index_key", match=models.MatchValue(value=key))],
         )
         with self.vectors.lock:
             if points:

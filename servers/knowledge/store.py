@@ -24,6 +24,7 @@ from schemas.knowledge import (
     JobStatus,
     NewArticle,
 )
+from servers.knowledge.index import index_key
 from servers.runtime.auth import Caller
 from servers.runtime.database import Pool
 from servers.runtime.errors import InvalidArgument, NotFound
@@ -102,7 +103,11 @@ async def store_articles(
             digest = content_hash(article, source)
             cur = await write.conn.execute(INDEXED, [article.id])
             stored = await cur.fetchone()
-            if stored is not None and stored["indexed_hash"] == digest == stored["content_hash"]:
+            if (
+                stored is not None
+                and stored["content_hash"] == digest
+                and stored["indexed_hash"] == index_key(digest)
+            ):
                 continue
             changed.append(article.id)
             await write.conn.execute(

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from servers.knowledge.index import KnowledgeIndex
+from servers.knowledge.index import KnowledgeIndex, index_key
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.tasks import task_settings, tasks
 from servers.runtime.vectors import open_vectors
@@ -37,6 +37,7 @@ def _connect() -> psycopg.Connection[dict[str, Any]]:
     return psycopg.connect(url, options=f"-c search_path={SCHEMA}", row_factory=dict_row)
 
 
+STALE = "stale"  # articles.indexed_hash of an article whose points are being replaced
 FINISH = """
 UPDATE ingest_items SET state = %s, error = %s, finished_at = now()
 WHERE job_id = %s AND article_id = %s AND state = 'pending'
@@ -45,13 +46,15 @@ WHERE job_id = %s AND article_id = %s AND state = 'pending'
 
 def index_article_now(job_id: str, article_id: str, content_hash: str) -> str:
     """Index the article if it still has this content; mark the job item. Returns what it did."""
+    key = index_key(content_hash)
     with _connect() as conn:
         # Before Qdrant changes, say it is no longer known to match: if this task dies between
         # the two, the next ingest indexes the article again instead of finding it unchanged.
+        # Not NULL, which means never indexed: this article may have points to remove.
         conn.execute(
-            "UPDATE articles SET indexed_hash = NULL WHERE id = %s AND content_hash = %s "
-            "AND indexed_hash IS DISTINCT FROM content_hash AND indexed_hash IS NOT NULL",
-            [article_id, content_hash],
+            "UPDATE articles SET indexed_hash = %s WHERE id = %s AND content_hash = %s "
+            "AND indexed_hash IS DISTINCT FROM %s AND indexed_hash IS NOT NULL",
+            [STALE, article_id, content_hash, key],
         )
         conn.commit()
     with _connect() as conn, conn.transaction():
@@ -66,21 +69,22 @@ def index_article_now(job_id: str, article_id: str, content_hash: str) -> str:
         if row["content_hash"] != content_hash:  # changed again; a later job indexes it
             conn.execute(FINISH, ["done", None, job_id, article_id])
             return "superseded"
-        if row["indexed_hash"] != content_hash:
+        if row["indexed_hash"] != key:
             chunks = _index().replace_article(
                 article_id,
                 row["title"],
                 row["body"],
                 row["tags"],
                 row["source"],
-                content_hash,
-                # Never indexed and never changed: no other content's chunks can exist. (A task
-                # that died after writing this content's points left points of the same ids.)
+                key,
+                # Never indexed and never changed: no chunks of other content or of another
+                # INDEX_VERSION can exist. (A task that died after writing this content's points
+                # left points of the same ids.)
                 first_time=row["indexed_hash"] is None and row["version"] == 1,
             )
             conn.execute(
                 "UPDATE articles SET indexed_hash = %s, chunks = %s WHERE id = %s",
-                [content_hash, chunks, article_id],
+                [key, chunks, article_id],
             )
         conn.execute(FINISH, ["done", None, job_id, article_id])
         return "indexed"

@@ -134,6 +134,43 @@ async def test_reingest_unchanged_is_a_no_op_and_changed_replaces(
     assert got["version"] == 2
 
 
+async def test_reingest_recuts_an_article_indexed_by_an_older_chunker(
+    knowledge: Client[Any], settings: Settings, db: Db
+) -> None:
+    body = "## Reset\nRun this:\n```\n# stop the agent first\npinctl reset\n```\n"
+    doc = article("kb-recut", "PIN reset", body)
+    assert (await ingest(knowledge, [doc]))["indexed"] == 1
+    # What version 1 of the index left: indexed_hash was the bare content hash, and its points
+    # carried that hash (here one more point, cut where version 1 cut: at the code's '#').
+    await db.execute(
+        "UPDATE knowledge.articles SET indexed_hash = content_hash WHERE id = 'kb-recut'"
+    )
+    vectors = open_vectors(settings)
+    this_article = models.FieldCondition(
+        key="article_id", match=models.MatchValue(value="kb-recut")
+    )
+    with vectors.lock:
+        (point,), _ = vectors.client.scroll(
+            COLLECTION, scroll_filter=models.Filter(must=[this_article]), with_vectors=True
+        )
+        old = models.PointStruct(
+            id=str(uuid.uuid4()),
+            vector=point.vector,
+            payload={**(point.payload or {}), "headings": ["stop the agent first"], "chunk": 1},
+        )
+        del old.payload["index_key"]  # type: ignore[union-attr]
+        vectors.client.upsert(COLLECTION, points=[old], wait=True)
+    assert len(points_of(settings, "kb-recut")) == 2
+
+    again = await ingest(knowledge, [doc])
+    assert (again["indexed"], again["unchanged"]) == (1, 0)  # same text, re-cut all the same
+    assert points_of(settings, "kb-recut") == [str(point.id)]  # the old cut's point is gone
+    hits = await search(knowledge, "pinctl reset", k=5)
+    assert [h["headings"] for h in hits if h["article_id"] == "kb-recut"] == [["Reset"]]
+    third = await ingest(knowledge, [doc])
+    assert (third["indexed"], third["unchanged"]) == (0, 1)
+
+
 async def test_delete_removes_from_search_and_database(knowledge: Client[Any], db: Db) -> None:
     await ingest(
         knowledge, [article("kb-delete-me", "Lost parcels", "## Claims\nFile a lost parcel claim.")]
