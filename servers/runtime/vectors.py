@@ -6,6 +6,7 @@ is not made for concurrent use; a real Qdrant server does not need it, and it co
 there).
 """
 
+import atexit
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,16 @@ class Vectors:
 
 _open: dict[str, Vectors] = {}
 _opening = threading.Lock()
+
+
+@atexit.register
+def _close_every_client() -> None:
+    """Release local stores while the interpreter still works: left to garbage collection at
+    shutdown, a local client's close fails with an ImportError printed on stderr."""
+    with _opening:
+        for vectors in _open.values():
+            vectors.client.close()
+        _open.clear()
 
 
 def vectors_location(settings: Settings) -> str:
