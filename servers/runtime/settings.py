@@ -107,7 +107,16 @@ class Settings(BaseSettings):
     )
 
 
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "http": 80, "https": 443}
+
+
 def place(url: str) -> str:
-    """Where ``url`` points, without credentials or options: ``host:port/path``."""
+    """Where ``url`` points, without credentials or options, spelled one way: ``host:port/path``
+    with the scheme's default port when none is given and no trailing slash.
+
+    Task queues and cache keys are named from it, so a server and a worker given the same
+    database in two spellings still meet.
+    """
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}{parts.path}"
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    return f"{parts.hostname}:{port}{parts.path.rstrip('/')}"

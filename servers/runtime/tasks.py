@@ -43,7 +43,8 @@ def task_queue(settings: Settings, server: str) -> str:
     workers of one environment share it and nobody else's worker takes from it.
     """
     assert settings.postgres_url, "start_backends fills in postgres_url"
-    where = f"{place(settings.postgres_url)} {vectors_location(settings)}"
+    vectors = place(settings.qdrant_url) if settings.qdrant_url else vectors_location(settings)
+    where = f"{place(settings.postgres_url)} {vectors}"
     return f"supportmesh.{hashlib.sha256(where.encode()).hexdigest()[:8]}.{server}"
 
 
