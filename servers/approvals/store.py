@@ -6,7 +6,7 @@ approvers deciding at once one wins and the other gets ``conflict``.
 """
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -189,9 +189,10 @@ async def list_pending(
         where.append("requested_by = %s")
         params.append(requested_by)
     if cursor is not None:
-        after = decode_cursor(cursor, query, "list_pending_approvals")
-        where.append("(requested_at, id) > (%s::timestamptz, %s)")
-        params += after
+        where.append("(requested_at, id) > (%s, %s)")
+        params += decode_cursor(
+            cursor, query, "list_pending_approvals", (datetime.fromisoformat, str)
+        )
     sql = (
         f"SELECT {COLUMNS} FROM approvals WHERE {' AND '.join(where)} "
         "ORDER BY requested_at, id LIMIT %s"

@@ -6,7 +6,6 @@ are counted and left alone. The tasks that index them (``tasks.py``) mark each j
 failed; a job's progress is read from its items.
 """
 
-import base64
 import hashlib
 import json
 import uuid
@@ -28,6 +27,7 @@ from servers.knowledge.index import index_key
 from servers.runtime.auth import Caller
 from servers.runtime.database import Pool
 from servers.runtime.errors import InvalidArgument, NotFound
+from servers.runtime.pages import decode_cursor, encode_cursor
 from servers.runtime.writes import Write, perform_write
 
 SOURCE = "supportmesh/knowledge"
@@ -210,12 +210,8 @@ async def get_article(pool: Pool, article_id: str) -> Article:
 async def list_articles(
     pool: Pool, source: str | None, tag: str | None, limit: int, cursor: str | None
 ) -> ArticlePage:
-    after = ""
-    if cursor:
-        try:
-            after = base64.urlsafe_b64decode(cursor.encode()).decode()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument("cursor", "not a cursor returned by list_articles") from exc
+    asked = {"source": source, "tag": tag}
+    after = decode_cursor(cursor, asked, "list_articles", (str,))[0] if cursor else ""
     async with pool.connection() as conn:
         cur = await conn.execute(
             """SELECT id, title, tags, source, version, updated_at FROM articles
@@ -226,9 +222,7 @@ async def list_articles(
         )
         rows = await cur.fetchall()
     page = [ArticleSummary.model_validate(r) for r in rows[:limit]]
-    next_cursor = (
-        base64.urlsafe_b64encode(page[-1].id.encode()).decode() if len(rows) > limit else None
-    )
+    next_cursor = encode_cursor([page[-1].id], asked) if len(rows) > limit else None
     return ArticlePage(articles=page, next_cursor=next_cursor)
 
 

@@ -158,8 +158,8 @@ async def list_memories(
         where.append("kind = %s")
         params.append(kind.value)
     if cursor is not None:
-        where.append("(created_at, id) > (%s::timestamptz, %s::uuid)")
-        params += decode_cursor(cursor, query, "list_memories")
+        where.append("(created_at, id) > (%s, %s)")
+        params += decode_cursor(cursor, query, "list_memories", (datetime.fromisoformat, uuid.UUID))
     sql = (
         f"SELECT {COLUMNS} FROM memories WHERE {' AND '.join(where)} "
         "ORDER BY created_at, id LIMIT %s"

@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from servers.runtime.errors import InvalidArgument
@@ -22,15 +23,22 @@ def encode_cursor(key: list[Any], query: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, query: dict[str, Any], tool: str) -> list[Any]:
-    """The sort key in ``cursor``, which must come from ``tool`` with the same ``query``."""
+def decode_cursor(
+    cursor: str, query: dict[str, Any], tool: str, key: tuple[Callable[[Any], Any], ...]
+) -> list[Any]:
+    """The sort key in ``cursor``, which must come from ``tool`` with the same ``query``.
+
+    ``key`` parses each part of the sort key (``datetime.fromisoformat``, ``int``, ``UUID``...),
+    so that a cursor edited by hand is refused here rather than by the database.
+    """
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        key, digest = doc["k"], doc["q"]
-        if not isinstance(key, list):
+        parts, digest = doc["k"], doc["q"]
+        if not isinstance(parts, list) or len(parts) != len(key):
             raise TypeError("key")
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        parsed = [parse(part) for parse, part in zip(key, parts, strict=True)]
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise InvalidArgument("cursor", f"not a cursor returned by {tool}") from exc
     if digest != query_digest(query):
         raise InvalidArgument("cursor", "belongs to a query with other filters")
-    return key
+    return parsed

@@ -4,10 +4,6 @@ Every write goes through ``perform_write`` (one transaction with its idempotency
 and events). The rules live in ``lifecycle.py`` (status) and ``sla.py`` (due times).
 """
 
-import base64
-import binascii
-import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +24,7 @@ from schemas.ticketing import (
 from servers.runtime.auth import Caller
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import InvalidArgument, NotFound
+from servers.runtime.pages import decode_cursor, encode_cursor
 from servers.runtime.writes import Write, perform_write
 from servers.ticketing.lifecycle import check_transition, ensure_not_closed, path_to_closed
 from servers.ticketing.sla import compute_sla
@@ -88,26 +85,6 @@ async def get_ticket(pool: Pool, policy: SlaPolicy, ticket_id: int) -> TicketDet
         return await _detail(conn, ticket_id, policy)
 
 
-def _encode_cursor(key: list[Any], filters_digest: str) -> str:
-    raw = json.dumps({"k": key, "f": filters_digest}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, filters_digest: str, ranked: bool) -> list[Any]:
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        key, digest = doc["k"], doc["f"]
-        if ranked:
-            key = [float(key[0]), int(key[1])]
-        else:
-            key = [datetime.fromisoformat(key[0]), int(key[1])]
-    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as exc:
-        raise InvalidArgument("cursor", "not a cursor returned by search_tickets") from exc
-    if digest != filters_digest:
-        raise InvalidArgument("cursor", "belongs to a search with other filters")
-    return list(key)
-
-
 async def search_tickets(
     pool: Pool, policy: SlaPolicy, query: TicketQuery, cursor: str | None
 ) -> TicketPage:
@@ -147,11 +124,11 @@ async def search_tickets(
         order = "created_at DESC, id DESC"
         after = "(created_at, id) < (%s, %s)"
 
-    digest = hashlib.sha256(query.model_dump_json(exclude={"limit"}).encode()).hexdigest()[:16]
+    asked = query.model_dump(mode="json", exclude={"limit"})
     if cursor is not None:
-        key = _decode_cursor(cursor, digest, ranked=bool(text))
+        key = (float, int) if text else (datetime.fromisoformat, int)
         where.append(after)
-        params += ([text] if text else []) + key
+        params += ([text] if text else []) + decode_cursor(cursor, asked, "search_tickets", key)
 
     sql = f"""
         SELECT {COLUMNS}, {sort_sql} AS sort_key FROM tickets
@@ -168,7 +145,7 @@ async def search_tickets(
     if more:
         last = page[-1]
         sort_key = last["sort_key"] if text else last["created_at"].isoformat()
-        next_cursor = _encode_cursor([sort_key, last["id"]], digest)
+        next_cursor = encode_cursor([sort_key, last["id"]], asked)
     return TicketPage(tickets=[to_ticket(r, policy, at) for r in page], next_cursor=next_cursor)
 
 

@@ -171,6 +171,23 @@ async def test_reingest_recuts_an_article_indexed_by_an_older_chunker(
     assert (third["indexed"], third["unchanged"]) == (0, 1)
 
 
+async def test_list_articles_pages_by_id_within_its_filters(knowledge: Client[Any]) -> None:
+    source = f"pages-{uuid.uuid4().hex[:8]}"
+    docs = [article(f"kb-page-{i}", f"Page {i}", f"Body {i}.") for i in range(3)]
+    await ingest(knowledge, docs, source=source)
+    seen, cursor = [], None
+    while True:
+        page = await call(knowledge, "list_articles", source=source, limit=2, cursor=cursor)
+        seen += [a["id"] for a in page["articles"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+        other = await refused(knowledge, "list_articles", source="elsewhere", cursor=cursor)
+        assert other == "invalid_argument: cursor: belongs to a query with other filters"
+    assert seen == ["kb-page-0", "kb-page-1", "kb-page-2"]
+    bogus = await refused(knowledge, "list_articles", cursor="bogus")
+    assert bogus == "invalid_argument: cursor: not a cursor returned by list_articles"
+
+
 async def test_delete_removes_from_search_and_database(knowledge: Client[Any], db: Db) -> None:
     await ingest(
         knowledge, [article("kb-delete-me", "Lost parcels", "## Claims\nFile a lost parcel claim.")]
