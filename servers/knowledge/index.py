@@ -16,7 +16,7 @@ from qdrant_client import models
 from schemas.knowledge import SearchFilters, SearchHit, SearchMode
 from servers.knowledge.text import Chunk, chunk_article, document_sparse, query_sparse
 from servers.runtime.embeddings import embed
-from servers.runtime.vectors import Vectors
+from servers.runtime.vectors import Vectors, ensure_collection
 
 COLLECTION = "kb_chunks"
 CANDIDATES = 50  # per retriever, before fusion
@@ -54,23 +54,14 @@ class KnowledgeIndex:
     model: StaticModel
 
     def ensure_collection(self) -> None:
-        with self.vectors.lock:
-            client = self.vectors.client
-            if client.collection_exists(COLLECTION):
-                return
-            dimension = len(embed(self.model, ["dimension"])[0])
-            client.create_collection(
-                COLLECTION,
-                vectors_config={
-                    "dense": models.VectorParams(size=dimension, distance=models.Distance.COSINE)
-                },
-                sparse_vectors_config={
-                    "lexical": models.SparseVectorParams(modifier=models.Modifier.IDF)
-                },
-            )
-            if not self.vectors.local:  # local mode scans payloads; a server uses indexes
-                for key in ("article_id", "tags", "source"):
-                    client.create_payload_index(COLLECTION, key, models.PayloadSchemaType.KEYWORD)
+        dense = models.VectorParams(size=self.model.dim, distance=models.Distance.COSINE)
+        ensure_collection(
+            self.vectors,
+            COLLECTION,
+            ("article_id", "tags", "source"),
+            {"dense": dense},
+            {"lexical": models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
 
     def replace_article(
         self,

@@ -33,7 +33,7 @@ from servers.runtime.auth import Caller
 from servers.runtime.database import Pool
 from servers.runtime.embeddings import embed
 from servers.runtime.pages import decode_cursor, encode_cursor
-from servers.runtime.vectors import Vectors
+from servers.runtime.vectors import Vectors, ensure_collection
 from servers.runtime.writes import Write, perform_write
 
 SOURCE = "memory"
@@ -48,18 +48,12 @@ class LongTermMemory:
     model: StaticModel
 
     def ensure_collection(self) -> None:
-        with self.vectors.lock:
-            client = self.vectors.client
-            if client.collection_exists(COLLECTION):
-                return
-            size = len(embed(self.model, ["dimension"])[0])
-            client.create_collection(
-                COLLECTION,
-                vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE),
-            )
-            if not self.vectors.local:
-                for key in ("customer_id", "kind"):
-                    client.create_payload_index(COLLECTION, key, models.PayloadSchemaType.KEYWORD)
+        ensure_collection(
+            self.vectors,
+            COLLECTION,
+            ("customer_id", "kind"),
+            models.VectorParams(size=self.model.dim, distance=models.Distance.COSINE),
+        )
 
     def _upsert(self, memory_id: str, customer_id: str, kind: MemoryKind, text: str) -> None:
         point = models.PointStruct(

@@ -8,10 +8,11 @@ there).
 
 import atexit
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from servers.runtime.errors import Unavailable
 from servers.runtime.settings import Settings
@@ -62,3 +63,24 @@ def open_vectors(settings: Settings) -> Vectors:
                     ) from exc
             _open[location] = Vectors(client=client, local=not settings.qdrant_url)
         return _open[location]
+
+
+def ensure_collection(
+    vectors: Vectors,
+    name: str,
+    keyword_fields: Sequence[str],
+    vectors_config: models.VectorParams | dict[str, models.VectorParams],
+    sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
+) -> None:
+    """Create collection ``name`` unless it exists, with keyword indexes on ``keyword_fields``
+    (on a Qdrant server; local mode scans payloads and has no indexes)."""
+    with vectors.lock:
+        client = vectors.client
+        if client.collection_exists(name):
+            return
+        client.create_collection(
+            name, vectors_config=vectors_config, sparse_vectors_config=sparse_vectors_config
+        )
+        if not vectors.local:
+            for key in keyword_fields:
+                client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
