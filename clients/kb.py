@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from schemas.knowledge import NewArticle
 
-BATCH = 100  # articles per ingest_articles call
+BATCH = 100  # articles per ingest_articles call, at most
+BATCH_BYTES = 4 * 1024 * 1024  # and at most this much JSON, well inside a server's message limit
 STALL_SECONDS = 600  # give up when no article moves for this long
 
 
@@ -84,6 +85,21 @@ def read_articles(path: Path) -> list[dict[str, Any]]:
     return articles
 
 
+def batches(articles: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Articles in calls of at most ``BATCH`` articles and about ``BATCH_BYTES`` of JSON (an
+    article larger than that goes alone)."""
+    found: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for article in articles:
+        length = len(json.dumps(article).encode())
+        if found[-1] and (len(found[-1]) == BATCH or size + length > BATCH_BYTES):
+            found.append([])
+            size = 0
+        found[-1].append(article)
+        size += length
+    return [batch for batch in found if batch]
+
+
 async def ingest_with_progress(
     client: Client[Any], articles: list[dict[str, Any]], source: str, console: Console
 ) -> dict[str, int]:
@@ -99,8 +115,7 @@ async def ingest_with_progress(
     with Progress(*columns, console=console) as progress:
         sending = progress.add_task("stored ", total=len(articles))
         indexing = progress.add_task("indexed", total=len(articles))
-        for start in range(0, len(articles), BATCH):
-            batch = articles[start : start + BATCH]
+        for batch in batches(articles):
             result = await client.call_tool(
                 "ingest_articles", {"articles": batch, "source": source}, raise_on_error=True
             )

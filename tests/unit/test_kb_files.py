@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.kb import ArticleFileError, read_articles
+from clients.kb import BATCH, BATCH_BYTES, ArticleFileError, batches, read_articles
 
 
 def test_markdown_and_json_files_become_articles(tmp_path: Path) -> None:
@@ -62,3 +62,15 @@ def test_a_file_that_is_not_an_article_is_named(
     with pytest.raises(ArticleFileError) as refused:
         read_articles(tmp_path)
     assert str(refused.value).startswith(str(tmp_path / name)) and expected in str(refused.value)
+
+
+def test_ingest_batches_stay_inside_a_server_s_message_limit() -> None:
+    """A hundred articles of 200,000 characters would be 20 MB in one call, past the 16 MiB a
+    server reads: batches are cut by size as well as by count."""
+    big = [{"id": f"a{i}", "title": "t", "body": "é" * 200_000, "tags": []} for i in range(100)]
+    small = [{"id": f"b{i}", "title": "t", "body": "x", "tags": []} for i in range(250)]
+    cut = batches(big + small)
+    assert [a["id"] for batch in cut for a in batch] == [a["id"] for a in big + small]
+    sizes = [sum(len(json.dumps(a).encode()) for a in batch) for batch in cut]
+    assert all(size <= BATCH_BYTES for size in sizes) and len(cut) > 100 // BATCH + 250 // BATCH
+    assert all(len(batch) <= BATCH for batch in cut)
