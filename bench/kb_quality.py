@@ -23,7 +23,7 @@ from schemas.knowledge import SearchFilters, SearchMode
 from servers.knowledge.index import KnowledgeIndex
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.vectors import Vectors
-from tests.conftest import shared_data
+from tests.conftest import shared_data_or_exit
 
 PASSAGES = 50  # passages asked for, folded into articles
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--articles",
         type=Path,
-        default=shared_data() / "tau2" / "banking_knowledge" / "documents",
+        default=shared_data_or_exit() / "tau2" / "banking_knowledge" / "documents",
     )
     args = parser.parse_args()
 

@@ -36,9 +36,9 @@ from servers.runtime.backends import start_backends
 from servers.runtime.embeddings import embed, embedding_model
 from servers.runtime.settings import Settings
 from servers.runtime.vectors import Vectors
-from tests.conftest import shared_data
+from tests.conftest import shared_data_or_exit
 
-ARTICLES = shared_data() / "tau2" / "banking_knowledge" / "documents"
+ARTICLES = shared_data_or_exit() / "tau2" / "banking_knowledge" / "documents"
 QUERIES = Path(__file__).parent / "kb_queries.jsonl"
 T = TypeVar("T")
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 
-from schemas.common import Role
+from schemas.roles import Role
 from servers.runtime.auth import issue_token
 from servers.runtime.backends import free_port, start_backends
 from servers.runtime.settings import Settings
-from tests.conftest import SUPPORTMESH, running, shared_data, supportmesh_env
+from tests.conftest import SUPPORTMESH, running, shared_data_or_exit, supportmesh_env
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
@@ -138,7 +138,7 @@ async def run(settings: Settings, workdir: Path, calls: int, concurrency: int, r
         f"http://127.0.0.1:{ticket_port}/readyz",
         workdir / "ticketing.log",
     )
-    retail = shared_data() / "tau2" / "retail"
+    retail = shared_data_or_exit() / "tau2" / "retail"
     subprocess.run([SUPPORTMESH, "crm", "load", str(retail)], env=env, check=True)  # noqa: ASYNC221
     customers = json.loads((retail / "db.json").read_text())["users"]
     emails = [c["email"] for c in customers.values()]

@@ -11,58 +11,28 @@
 Settings come from ``SUPPORTMESH_*`` variables or ``.env``; see ``servers/runtime/settings.py``.
 """
 
-import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from types import ModuleType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from schemas.common import Role
-from servers.approvals import server as approvals
-from servers.crm import server as crm
-from servers.crm import store as crm_store
-from servers.crm.retail_format import read_store, store_document
-from servers.crm.store import Crm, LoadReport
-from servers.knowledge import server as knowledge
-from servers.memory import server as memory
-from servers.runtime.auth import issue_token
-from servers.runtime.backends import qdrant_location, start_backends
-from servers.runtime.cache import ReadCache, cache_prefix
-from servers.runtime.database import migrate as migrate_schema
-from servers.runtime.database import migrate_and_open
-from servers.runtime.errors import InvalidArgument
-from servers.runtime.serve import event_loop_factory, http_app, serve_stdio, serving_http
-from servers.runtime.settings import Settings
-from servers.runtime.tasks import work_here
-from servers.runtime.telemetry import configure_logging
-from servers.ticketing import server as ticketing
+from clients.registry import SERVERS
+from schemas.roles import Role
 
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
-@dataclass(frozen=True)
-class ServerEntry:
-    module: ModuleType  # has NAME, MIGRATIONS, build_server(settings)
-    port: int  # its default HTTP port under `up`
-    needs: tuple[str, ...]  # backends its /readyz checks
+    from servers.runtime.settings import Settings
 
-
-SERVERS: dict[str, ServerEntry] = {
-    "ticketing": ServerEntry(ticketing, 8701, ("postgres",)),
-    "crm": ServerEntry(crm, 8702, ("postgres", "redis")),
-    "knowledge": ServerEntry(knowledge, 8703, ("postgres", "redis")),
-    "memory": ServerEntry(memory, 8705, ("postgres", "redis")),
-    "approvals": ServerEntry(approvals, 8706, ("postgres", "redis")),
-}
+# Servers, engines and their libraries are imported inside the commands that use them, so that
+# `supportmesh --help` answers in a fraction of a second instead of several.
 ServerName = StrEnum("ServerName", {name: name for name in SERVERS})  # type: ignore[misc]
 
 
@@ -79,7 +49,10 @@ app = typer.Typer(
 )
 
 
-def _settings(log_level: str | None = None) -> Settings:
+def _settings(log_level: str | None = None) -> "Settings":
+    from servers.runtime.settings import Settings
+    from servers.runtime.telemetry import configure_logging
+
     settings = Settings()
     configure_logging(log_level or settings.log_level)
     # Until the event loop runs (starting engines), SIGTERM interrupts like Ctrl-C.
@@ -87,8 +60,11 @@ def _settings(log_level: str | None = None) -> Settings:
     return settings
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
+def _run(main: "Coroutine[Any, Any, None]") -> None:
     """Run ``main`` until it ends, Ctrl-C or SIGTERM; either signal cancels it cleanly."""
+    import asyncio
+
+    from servers.runtime.serve import event_loop_factory
 
     async def until_signalled() -> None:
         task = asyncio.current_task()
@@ -109,7 +85,12 @@ def serve(
     transport: Annotated[Transport, typer.Option(help="stdio for Claude Desktop / IDEs.")] = (
         Transport.stdio
     ),
-    port: Annotated[int | None, typer.Option(help="HTTP port (default: the server's own).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="HTTP port (default: the server's own; 0: a free one)."
+        ),
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="HTTP interface (default: from settings).")
     ] = None,
@@ -119,23 +100,23 @@ def serve(
     Backends whose URLs are unset are shared with a running `supportmesh up` or
     `supportmesh backends` in the same data directory, or else started embedded.
     """
+    from clients.mesh import PortInUse, serve_http
+    from servers.runtime.backends import start_backends
+    from servers.runtime.serve import serve_stdio
+
     settings = _settings("WARNING" if transport is Transport.stdio else None)
     entry = SERVERS[name.value]
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
         server = entry.module.build_server(ready)
         if transport is Transport.stdio:
-            _run(serve_stdio(server))
-        else:
-            _run(_serve_http(server, ready, host or ready.host, port or entry.port, entry.needs))
-
-
-async def _serve_http(
-    server: Any, settings: Settings, host: str, port: int, needs: tuple[str, ...]
-) -> None:
-    app = http_app(server, settings, needs, f"http://{host}:{port}")
-    async with serving_http(app, host, port):
-        print(f"{server.name}: http://{host}:{port}/mcp", file=sys.stderr, flush=True)
-        await asyncio.Event().wait()
+            _run(serve_stdio(server, ready))
+            return
+        where = host or ready.host, entry.port if port is None else port
+        try:
+            _run(serve_http(server, ready, *where, entry.needs))
+        except PortInUse as exc:
+            print(f"supportmesh serve: {exc}", file=sys.stderr)
+            raise typer.Exit(3) from exc
 
 
 @app.command()
@@ -146,6 +127,14 @@ def up(
     port_offset: Annotated[
         int, typer.Option(help="Add this to every server's port (8701 ticketing, ...).")
     ] = 0,
+    free_ports: Annotated[
+        bool,
+        typer.Option(
+            "--free-ports",
+            help="Let the system choose a free port for every server; the URLs are printed "
+            "and kept in DATA_DIR/mesh.json while up runs.",
+        ),
+    ] = False,
     demo: Annotated[
         bool | None,
         typer.Option(
@@ -156,85 +145,28 @@ def up(
 ) -> None:
     """Start the whole mesh: backends (embedded or configured) and every server on HTTP.
 
-    Prints each MCP URL and a Claude Desktop config snippet. Ctrl-C stops everything.
+    Prints each MCP URL and a Claude Desktop config snippet, and writes them to
+    DATA_DIR/mesh.json for scripts. Ctrl-C stops everything.
     """
+    import asyncio
+
+    from clients.crm import load_demo_store
+    from clients.mesh import PortInUse, run_up
+    from servers.runtime.backends import start_backends
+
     settings = _settings()
     started = time.monotonic()
     demo = settings.postgres_url is None if demo is None else demo
+    offset = None if free_ports else port_offset
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
         if demo:
-            asyncio.run(_load_demo_store(ready))
-        _run(_up(ready, host or ready.host, port_offset, started))
+            asyncio.run(load_demo_store(ready))
+        try:
+            _run(run_up(ready, host or ready.host, offset, started))
+        except PortInUse as exc:
+            print(f"supportmesh up: {exc}", file=sys.stderr)
+            raise typer.Exit(3) from exc
     print("SupportMesh stopped.", file=sys.stderr)
-
-
-async def _up(settings: Settings, host: str, port_offset: int, started: float) -> None:
-    urls: dict[str, str] = {}
-    work_here(*SERVERS)  # one Celery worker in this process runs every server's tasks
-    async with contextlib.AsyncExitStack() as stack:
-        for name, entry in SERVERS.items():
-            port = entry.port + port_offset
-            server = entry.module.build_server(settings)
-            app = http_app(server, settings, entry.needs, f"http://{host}:{port}")
-            await stack.enter_async_context(serving_http(app, host, port))
-            urls[name] = f"http://{host}:{port}/mcp"
-        _print_mesh(settings, urls, time.monotonic() - started)
-        await asyncio.Event().wait()
-
-
-def backend_env(settings: Settings) -> dict[str, str]:
-    """The ``SUPPORTMESH_*`` variables that point another process at these backends."""
-    env = {
-        "SUPPORTMESH_POSTGRES_URL": settings.postgres_url or "",
-        "SUPPORTMESH_REDIS_URL": settings.redis_url or "",
-        "SUPPORTMESH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "SUPPORTMESH_DATA_DIR": str(settings.data_dir.resolve()),
-    }
-    if settings.qdrant_url:
-        env["SUPPORTMESH_QDRANT_URL"] = settings.qdrant_url
-    if settings.kafka_record_per_batch:  # the embedded Tansu broker needs it (see settings)
-        env["SUPPORTMESH_KAFKA_RECORD_PER_BATCH"] = "true"
-    return env
-
-
-def claude_desktop_config(settings: Settings) -> dict[str, Any]:
-    """``mcpServers`` entries that run each server over stdio on these backends."""
-    command = shutil.which("supportmesh") or str(Path(sys.executable).parent / "supportmesh")
-    return {
-        "mcpServers": {
-            f"supportmesh-{name}": {
-                "command": command,
-                "args": ["serve", name, "--transport", "stdio"],
-                "env": backend_env(settings),
-            }
-            for name in SERVERS
-        }
-    }
-
-
-def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> None:
-    lines = [f"SupportMesh is up in {seconds:.1f} s.", "", "MCP servers (streamable HTTP):"]
-    lines += [f"  {name:<10} {url}" for name, url in urls.items()]
-    lines += [
-        "",
-        "Backends:",
-        f"  postgres   {settings.postgres_url}",
-        f"  redis      {settings.redis_url}",
-        f"  kafka      {settings.kafka_bootstrap}",
-        f"  qdrant     {qdrant_location(settings)}",
-        "",
-        "Every HTTP call needs a bearer token; mint one and try it:",
-        "  TOKEN=$(supportmesh token issue --role agent --subject you@example.com)",
-        "  npx @modelcontextprotocol/inspector --cli "
-        f"{next(iter(urls.values()))} --transport http "
-        '--header "Authorization: Bearer $TOKEN" --method tools/list',
-        "",
-        "Claude Desktop (claude_desktop_config.json) - stdio servers on these backends:",
-        json.dumps(claude_desktop_config(settings), indent=2),
-        "",
-        "Ctrl-C stops everything.",
-    ]
-    print("\n".join(lines), flush=True)
 
 
 token_app = typer.Typer(help="Bearer tokens for the HTTP transport.", no_args_is_help=True)
@@ -253,20 +185,29 @@ def token_issue(
     subject: Annotated[
         str, typer.Option(help="Who the token stands for: audit rows and approvals name them.")
     ],
-    ttl: Annotated[int, typer.Option(min=60, help="Seconds until it expires.")] = 8 * 3600,
+    ttl: Annotated[int, typer.Option(min=60, help="Seconds until it expires (at most 7 days).")] = 8
+    * 3600,
 ) -> None:
     """Print a signed bearer token (JWT) for SUBJECT with ROLE's scopes.
 
     Signed with SUPPORTMESH_AUTH_SIGNING_KEY, or the key kept in the data directory, which the
     servers of this data directory verify with. Send it as `Authorization: Bearer <token>`.
     """
+    from servers.runtime.auth import issue_token
+    from servers.runtime.settings import Settings
+
     settings = Settings()
     if settings.auth_jwks_uri:
         raise typer.BadParameter(
             "tokens come from your identity provider (SUPPORTMESH_AUTH_JWKS_URI is set)",
             param_hint="SUPPORTMESH_AUTH_JWKS_URI",
         )
-    print(issue_token(settings, role, subject, ttl))
+    if not subject.strip():
+        raise typer.BadParameter("name who the token stands for", param_hint="--subject")
+    try:
+        print(issue_token(settings, role, subject, ttl))
+    except ValueError as exc:  # a lifetime past MAX_TOKEN_SECONDS
+        raise typer.BadParameter(str(exc), param_hint="--ttl") from exc
 
 
 @app.command()
@@ -275,6 +216,9 @@ def backends() -> None:
 
     `serve` and `up` in the same data directory use these instead of starting their own.
     """
+    from clients.mesh import backend_env
+    from servers.runtime.backends import start_backends
+
     settings = _settings()
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
         for key, value in backend_env(ready).items():
@@ -289,6 +233,9 @@ def migrate(
     ] = None,
 ) -> None:
     """Bring each server's PostgreSQL schema up to date (servers also do this at start-up)."""
+    from servers.runtime.backends import start_backends
+    from servers.runtime.database import migrate as migrate_schema
+
     settings = _settings()
     with start_backends(settings) as ready:
         assert ready.postgres_url
@@ -302,41 +249,6 @@ crm_app = typer.Typer(
     help="The CRM's data: load a store file, export the current state.", no_args_is_help=True
 )
 app.add_typer(crm_app, name="crm")
-
-
-@contextlib.asynccontextmanager
-async def _crm_records(settings: Settings) -> AsyncIterator[Crm]:
-    """The CRM's database (migrated) and cache, outside a running server."""
-    assert settings.postgres_url and settings.redis_url
-    pool = await migrate_and_open(settings.postgres_url, crm.NAME, crm.MIGRATIONS)
-    cache = ReadCache(
-        settings.redis_url,
-        cache_prefix(crm.NAME, settings.postgres_url),
-        settings.cache_ttl_seconds,
-    )
-    try:
-        yield Crm(pool=pool, cache=cache, settings=settings)
-    finally:
-        await cache.close()
-        await pool.close()
-
-
-async def _load_demo_store(settings: Settings) -> None:
-    """Give a fresh mesh something to look at: the demo store, if the CRM has no customers."""
-    async with _crm_records(settings) as records_db:
-        async with records_db.pool.connection() as conn:
-            empty = await (await conn.execute("SELECT 1 FROM customers LIMIT 1")).fetchone()
-        if empty is None:
-            await crm_store.load_store(
-                records_db,
-                read_store(crm.DEMO_STORE / "db.json"),
-                (crm.DEMO_STORE / "policy.md").read_text(),
-            )
-            print(
-                f"Loaded the demo store into the empty CRM ({crm.DEMO_STORE}); "
-                "load your own with `supportmesh crm load PATH`.",
-                flush=True,
-            )
 
 
 @crm_app.command("load")
@@ -359,6 +271,13 @@ def crm_load(
     Records are upserted in one transaction: loading the same file twice changes nothing,
     and records not in the file stay as they are.
     """
+    import asyncio
+
+    from clients import crm
+    from servers.crm.retail_format import read_store
+    from servers.runtime.backends import start_backends
+    from servers.runtime.errors import InvalidArgument
+
     settings = _settings("WARNING")
     if path.is_dir():
         policy = policy or (path / "policy.md" if (path / "policy.md").exists() else None)
@@ -368,13 +287,8 @@ def crm_load(
     except InvalidArgument as exc:
         raise typer.BadParameter(str(exc), param_hint="PATH") from exc
     policy_text = policy.read_text() if policy else None
-
-    async def load() -> LoadReport:
-        async with _crm_records(ready) as records_db:
-            return await crm_store.load_store(records_db, records, policy_text)
-
     with start_backends(settings) as ready:
-        report = asyncio.run(load())
+        report = asyncio.run(crm.load(ready, records, policy_text))
     for table, (added, changed, same) in report.counts.items():
         print(f"{table:<10} {added} added, {changed} changed, {same} unchanged")
     if report.policy:
@@ -387,14 +301,14 @@ def crm_export(
 ) -> None:
     """Write every customer, product and order to PATH in tau2-bench's retail format, so a run
     can be compared with the reference environment's state."""
+    import asyncio
+
+    from clients import crm
+    from servers.runtime.backends import start_backends
+
     settings = _settings("WARNING")
-
-    async def export() -> dict[str, Any]:
-        async with _crm_records(ready) as records_db:
-            return store_document(await crm_store.export_store(records_db.pool))
-
     with start_backends(settings) as ready:
-        document = asyncio.run(export())
+        document = asyncio.run(crm.export(ready))
     path.write_text(json.dumps(document, indent=2) + "\n")
     counts = ", ".join(f"{len(v)} {k}" for k, v in document.items())
     print(f"wrote {counts} to {path}")
@@ -415,6 +329,11 @@ UrlOption = Annotated[
 
 def _with_knowledge(url: str | None, use: Any) -> Any:
     """Run ``use(client)`` against the server at ``url``, or one started here."""
+    import asyncio
+
+    from servers.runtime.auth import issue_token
+    from servers.runtime.backends import start_backends
+
     settings = _settings("WARNING")
     if url:
         bearer = os.environ.get("SUPPORTMESH_TOKEN") or issue_token(
@@ -422,7 +341,8 @@ def _with_knowledge(url: str | None, use: Any) -> Any:
         )
         return asyncio.run(_call_with(url, use, bearer))
     with start_backends(settings) as ready:
-        return asyncio.run(_call_with(knowledge.build_server(ready), use))
+        server = SERVERS["knowledge"].module.build_server(ready)
+        return asyncio.run(_call_with(server, use))
 
 
 async def _call_with(target: Any, use: Any, bearer: str | None = None) -> Any:
@@ -505,6 +425,7 @@ def worker(
     import servers.approvals.tasks
     import servers.knowledge.tasks
     import servers.memory.tasks  # noqa: F401
+    from servers.runtime.backends import start_backends
     from servers.runtime.tasks import configure_tasks, server_queues
 
     with start_backends(settings) as ready:

@@ -1,9 +1,17 @@
-"""Field types shared by every server's contracts."""
+"""Field types shared by every server's contracts.
 
-from enum import StrEnum
-from typing import Annotated
+Tool inputs take JSON's own types: an integer is a JSON integer (not ``true`` or ``"12"``),
+hence ``StrictInt`` and ``StrictBool`` in tool signatures. The documented exceptions are the
+types JSON has no literal for: a date-time is an ISO 8601 string (``Timestamp``, never a
+number), and money a number or a decimal string.
+"""
 
-from pydantic import Field, StringConstraints
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 CustomerId = Annotated[
     str,
@@ -21,16 +29,39 @@ IdempotencyKey = Annotated[
 ]
 
 
-class Role(StrEnum):
-    """Who a caller is to the mesh (DESIGN §7). Each role has the scopes of the one before it."""
-
-    AGENT = "agent"  # reads and ordinary writes
-    APPROVER = "approver"  # + decide approvals
-    ADMIN = "admin"  # + ingest, delete, erase
+def _iso_text(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise PydanticCustomError("datetime_type", "must be an ISO 8601 date-time string")
 
 
-ROLE_SCOPES: dict[Role, tuple[str, ...]] = {
-    Role.AGENT: ("agent",),
-    Role.APPROVER: ("agent", "approver"),
-    Role.ADMIN: ("agent", "approver", "admin"),
-}
+Timestamp = Annotated[datetime, BeforeValidator(_iso_text)]
+"""A date-time in a tool's input: an ISO 8601 string such as '2026-11-30T09:00:00Z'."""
+
+MAX_JSON_DEPTH = 8
+MAX_JSON_BYTES = 16 * 1024
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep objects and arrays nest in ``value`` (counting stops past ``limit``)."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(item, limit - 1) for item in items), default=0)
+
+
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise PydanticCustomError("json_depth", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise PydanticCustomError("json_type", "must be plain, finite JSON") from exc
+    if size > MAX_JSON_BYTES:
+        raise PydanticCustomError("json_size", f"larger than {MAX_JSON_BYTES} bytes as JSON")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
+"""A free-form JSON object in a tool's input, bounded: at most ``MAX_JSON_DEPTH`` levels deep
+and ``MAX_JSON_BYTES`` as UTF-8 JSON, so that no stored value can break a later read."""

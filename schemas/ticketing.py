@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, model_validator
 
 from schemas.common import CustomerId
 
@@ -40,7 +40,7 @@ MAX_SUBJECT = 200
 MAX_BODY = 20_000
 MAX_TAGS = 20
 
-TicketId = Annotated[int, Field(ge=1, description="Ticket number, e.g. 42.")]
+TicketId = Annotated[StrictInt, Field(ge=1, description="Ticket number, e.g. 42.")]
 Subject = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_SUBJECT),

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -33,9 +34,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from clients.cli import backend_env
-from schemas.common import Role
+from clients.mesh import backend_env
 from schemas.events import Event
+from schemas.roles import Role
 from servers.approvals.server import build_server as build_approvals
 from servers.crm import server as crm_server_module
 from servers.crm.retail_format import read_store
@@ -45,26 +46,46 @@ from servers.crm.store import Crm, load_store
 from servers.knowledge.server import build_server as build_knowledge
 from servers.memory.server import build_server as build_memory
 from servers.runtime.auth import issue_token
-from servers.runtime.backends import create_database, free_port, start_backends
+from servers.runtime.backends import create_database, start_backends
 from servers.runtime.cache import ReadCache, cache_prefix
 from servers.runtime.database import migrate_and_open
 from servers.runtime.events import ensure_topics
+from servers.runtime.serve import listening_socket
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import work_here
 from servers.ticketing.server import build_server as build_ticketing
 
+SHARED_DATA_HELP = (
+    "needs tau2-bench's retail store and banking knowledge base (MIT), which are not part of "
+    "this repository: set SUPPORTMESH_SHARED_DATA to the folder holding tau2/retail and "
+    "tau2/banking_knowledge, or put that folder at ../shared/data beside the repository"
+)
 
-def shared_data() -> Path:
-    """The shared data sets (``../shared/data``; ``SUPPORTMESH_SHARED_DATA`` to move them)."""
+
+def shared_data() -> Path | None:
+    """The shared data sets, if this machine has them: ``$SUPPORTMESH_SHARED_DATA``, or
+    ``../shared/data`` beside the repository."""
     candidates = [
         os.environ.get("SUPPORTMESH_SHARED_DATA", ""),
         str(Path(__file__).parent.parent.parent / "shared" / "data"),
-        "/work/shared/data",
     ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "tau2").is_dir():
-            return Path(candidate)
-    raise AssertionError(f"shared data not found in {candidates}; set SUPPORTMESH_SHARED_DATA")
+    return next((Path(c) for c in candidates if c and (Path(c) / "tau2").is_dir()), None)
+
+
+def require_shared_data() -> Path:
+    """``shared_data()``; when it is absent, the test (or module) calling this is skipped and
+    says why, unless ``SUPPORTMESH_REQUIRE_SHARED_DATA`` is set (CI): then it fails."""
+    found = shared_data()
+    if found is None:
+        if os.environ.get("SUPPORTMESH_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"SUPPORTMESH_REQUIRE_SHARED_DATA is set, but this {SHARED_DATA_HELP}")
+        pytest.skip(f"this test {SHARED_DATA_HELP}", allow_module_level=True)
+    return found
+
+
+def shared_data_or_exit() -> Path:
+    """``shared_data()`` for a benchmark, which stops with the instruction when it is absent."""
+    return shared_data() or sys.exit(f"this benchmark {SHARED_DATA_HELP}")
 
 
 def with_database(url: str, name: str) -> str:
@@ -279,9 +300,10 @@ def bearer_proxy(upstream: str, bearer: str) -> Iterator[str]:
         )
 
     app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
-    port = free_port()
+    sock = listening_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         assert thread.is_alive(), "the proxy did not start"
@@ -293,27 +315,16 @@ def bearer_proxy(upstream: str, bearer: str) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+# How long a subprocess may take to come up. Generous: on a busy 2-core machine the engines and
+# servers of `up` have taken over a minute. It bounds a hang; it does not measure speed.
+STARTUP_SECONDS = 180
+
+
 @contextlib.contextmanager
-def running(
-    argv: list[str], env: dict[str, str], ready_url: str, log: Path, ok: tuple[int, ...] = (200,)
-) -> Iterator[Any]:
-    """Run a command until the block exits; first wait until ``ready_url`` answers ``ok``."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+def stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Stop ``proc`` (SIGINT, then SIGKILL after 30 s) when the block exits."""
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"{argv} exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(ready_url, timeout=1).status_code in ok:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{ready_url} not ready in 60 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield proc
+        yield
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -324,7 +335,43 @@ def running(
                 proc.wait()
 
 
+def wait_ready(
+    proc: subprocess.Popen[bytes], ready_url: str, log: Path, ok: tuple[int, ...]
+) -> None:
+    """Wait until ``ready_url`` answers one of ``ok`` while ``proc`` runs."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args!r} exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code in ok:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{ready_url} not ready in {STARTUP_SECONDS} s:\n{log.read_text()}"
+            )
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], env: dict[str, str], ready_url: str, log: Path, ok: tuple[int, ...] = (200,)
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a command until the block exits; first wait until ``ready_url`` answers ``ok``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with stopped(proc):
+        wait_ready(proc, ready_url, log, ok)
+        yield proc
+
+
 SUPPORTMESH = str(Path(sys.executable).parent / "supportmesh")
+
+
+# The database behind each server ``serving_over_http`` started, by its MCP URL.
+SERVED_DATABASES: dict[str, str] = {}
 
 
 @contextlib.contextmanager
@@ -337,8 +384,6 @@ def serving_over_http(
     admits one process, and this session's in-process servers have the default one), and so a
     database of its own too, whose records match that store.
     """
-    port = free_port()
-    argv = [SUPPORTMESH, "serve", name, "--transport", "http", "--port", str(port)]
     assert settings.postgres_url
     with contextlib.ExitStack() as stack:
         env = supportmesh_env(settings)
@@ -348,10 +393,36 @@ def serving_over_http(
                 "SUPPORTMESH_DATA_DIR": str(workdir / "data"),
                 "SUPPORTMESH_POSTGRES_URL": database,
             }
-        stack.enter_context(
-            running(argv, env, f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log")
-        )
-        yield f"http://127.0.0.1:{port}/mcp"
+        _, url = stack.enter_context(serving(name, env, workdir / f"{name}.log"))
+        SERVED_DATABASES[url] = env["SUPPORTMESH_POSTGRES_URL"]
+        yield url
+
+
+@contextlib.contextmanager
+def serving(
+    name: str, env: dict[str, str], log: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``supportmesh serve NAME --transport http`` on a port of its choosing, until the block
+    exits; yields the process and its MCP URL once ``/readyz`` answers."""
+    argv = [SUPPORTMESH, "serve", name, "--transport", "http", "--port", "0"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with stopped(proc):
+        url = served_url(proc, name, log)
+        wait_ready(proc, url.replace("/mcp", "/readyz"), log, (200,))
+        yield proc, url
+
+
+def served_url(proc: subprocess.Popen[bytes], name: str, log: Path) -> str:
+    """The MCP URL ``supportmesh serve NAME`` prints once it listens (on a port of its choice)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while not (found := re.search(rf"^{name}: (http://\S+/mcp)$", log.read_text(), re.M)):
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args!r} exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} not serving in {STARTUP_SECONDS} s:\n{log.read_text()}")
+        time.sleep(0.1)
+    return found.group(1)
 
 
 @pytest.fixture(scope="session")

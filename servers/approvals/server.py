@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastmcp import Context, FastMCP
 from mcp.types import ClientCapabilities, ElicitationCapability, ToolAnnotations
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 
 from schemas.approvals import (
     ActionTool,
@@ -29,7 +29,7 @@ from schemas.approvals import (
     DecisionComment,
     Reason,
 )
-from schemas.common import IdempotencyKey
+from schemas.common import MAX_JSON_BYTES, MAX_JSON_DEPTH, IdempotencyKey, JsonObject
 from servers.approvals import store
 from servers.approvals.tasks import SWEEP_TASK
 from servers.runtime.auth import Caller, current_caller
@@ -83,13 +83,16 @@ async def request_approval(
     reason: Reason,
     ctx: Context,
     action_arguments: Annotated[
-        dict[str, Any],
-        Field(description="The exact arguments the action will be called with, once approved."),
+        JsonObject,
+        Field(
+            description="The exact arguments the action will be called with, once approved "
+            f"(a JSON object, at most {MAX_JSON_DEPTH} levels deep and {MAX_JSON_BYTES} bytes)."
+        ),
     ] = {},  # noqa: B006  (pydantic copies defaults)
     amount: Amount | None = None,
     currency: Currency = "USD",
     expires_in_seconds: Annotated[
-        int,
+        StrictInt,
         Field(ge=1, le=30 * 24 * 3600, description="Undecided after this long: expired."),
     ] = 24 * 3600,
     idempotency_key: IdempotencyKey | None = None,
@@ -126,7 +129,7 @@ async def list_pending_approvals(
     requested_by: Annotated[
         str | None, Field(max_length=200, description="Only requests by this actor.")
     ] = None,
-    limit: Annotated[int, Field(ge=1, le=200)] = 50,
+    limit: Annotated[StrictInt, Field(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Field(max_length=500)] = None,
 ) -> ApprovalPage:
     """Approvals waiting for a decision, oldest first; pass `next_cursor` back for more."""

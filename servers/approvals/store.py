@@ -19,7 +19,7 @@ from servers.runtime.auth import Caller
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import Conflict, NotFound, PermissionDenied
 from servers.runtime.pages import decode_cursor, encode_cursor
-from servers.runtime.writes import Write, perform_write
+from servers.runtime.writes import Write, lock_row, perform_write
 
 SOURCE = "approvals"
 COLUMNS = """id, subject, action_tool, action_arguments, amount, currency, reason,
@@ -144,10 +144,8 @@ async def decide_approval(
     idempotency_key: str | None,
 ) -> Approval:
     async def change(write: Write) -> Approval:
-        cur = await write.conn.execute(
-            f"SELECT {COLUMNS} FROM approvals WHERE id = %s FOR UPDATE NOWAIT", [approval_id]
-        )
-        row = await cur.fetchone()
+        lock = f"SELECT {COLUMNS} FROM approvals WHERE id = %s FOR UPDATE NOWAIT"
+        row = await lock_row(write, lock, [approval_id], "approval_id", f"approval {approval_id}")
         if row is None:
             raise NotFound("approval_id", f"no approval {approval_id}")
         check_decidable(Approval.model_validate(row), caller)

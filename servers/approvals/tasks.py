@@ -8,7 +8,7 @@ once: each approval is expired under its row lock and only while still pending, 
 import asyncio
 import logging
 
-from schemas.common import ROLE_SCOPES, Role
+from schemas.roles import ROLE_SCOPES, Role
 from servers.approvals import store
 from servers.runtime.auth import Caller
 from servers.runtime.database import open_pool

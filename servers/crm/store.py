@@ -38,8 +38,9 @@ from servers.runtime.auth import Caller
 from servers.runtime.cache import ReadCache
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import InvalidArgument, NotFound
+from servers.runtime.keys import joined_key
 from servers.runtime.settings import Settings
-from servers.runtime.writes import Write, perform_write
+from servers.runtime.writes import Write, lock_row, perform_write
 
 SOURCE = "supportmesh/crm"
 M = TypeVar("M", bound=BaseModel)
@@ -55,11 +56,11 @@ class Crm:
 
 
 def _customer_key(customer_id: str) -> str:
-    return f"customer:{customer_id}"
+    return joined_key("customer", customer_id)
 
 
 def _product_key(product_id: str) -> str:
-    return f"product:{product_id}"
+    return joined_key("product", product_id)
 
 
 async def _one(pool: Pool, sql: str, params: list[Any]) -> dict[str, Any] | None:
@@ -206,8 +207,9 @@ PRODUCTS = "SELECT record FROM products WHERE product_id = ANY(%s)"
 OrderAction = Callable[[Order, Customer, dict[str, Product]], tuple[Order, Customer]]
 
 
-async def _lock_customer(conn: psycopg.AsyncConnection[Row], customer_id: str) -> Customer:
-    row = await (await conn.execute(LOCK_CUSTOMER, [customer_id])).fetchone()
+async def _lock_customer(write: Write, customer_id: str) -> Customer:
+    record = f"customer {customer_id}"
+    row = await lock_row(write, LOCK_CUSTOMER, [customer_id], "customer_id", record)
     if row is None:
         raise NotFound("customer_id", f"no customer {customer_id}")
     return Customer.model_validate(row["record"])
@@ -228,11 +230,11 @@ async def _act_on_order(
     async def change(write: Write) -> Order:
         # A short wait for the customer row: another order of theirs may be changing a gift card.
         await write.conn.execute("SET LOCAL lock_timeout = '5s'")
-        row = await (await write.conn.execute(LOCK_ORDER, [order_id])).fetchone()
+        row = await lock_row(write, LOCK_ORDER, [order_id], "order_id", f"order {order_id}")
         if row is None:
             raise NotFound("order_id", f"no order {order_id}")
         before = Order.model_validate(row["record"])
-        customer = await _lock_customer(write.conn, before.customer_id)
+        customer = await _lock_customer(write, before.customer_id)
         products: dict[str, Product] = {}
         if needs_products:
             ids = sorted({item.product_id for item in before.items})
@@ -409,7 +411,7 @@ async def update_customer_address(
 ) -> Customer:
     async def change(write: Write) -> Customer:
         await write.conn.execute("SET LOCAL lock_timeout = '5s'")
-        customer = await _lock_customer(write.conn, customer_id)
+        customer = await _lock_customer(write, customer_id)
         customer.address = address
         await write.conn.execute(
             SAVE_CUSTOMER, [Jsonb(customer.model_dump(mode="json")), customer_id]

@@ -16,6 +16,7 @@ from qdrant_client import models
 from schemas.knowledge import SearchFilters, SearchHit, SearchMode
 from servers.knowledge.text import Chunk, chunk_article, document_sparse, query_sparse
 from servers.runtime.embeddings import embed
+from servers.runtime.keys import joined_key
 from servers.runtime.vectors import Vectors, ensure_collection
 
 COLLECTION = "kb_chunks"
@@ -28,8 +29,9 @@ FUSION = models.RrfQuery(rrf=models.Rrf(k=10, weights=[0.3, 1.0]))  # [dense, le
 
 # How an article becomes points: chunking and vectors. Bump it when either changes. An article
 # indexed under another version no longer counts as indexed, so the next ingest re-cuts its
-# passages although its text is the same. 2: code blocks no longer split sections.
-INDEX_VERSION = 2
+# passages although its text is the same. 2: code blocks no longer split sections. 3: point
+# ids made with joined_key (ids holding ':' stay apart), so old points are replaced, not doubled.
+INDEX_VERSION = 3
 
 
 def index_key(content_hash: str) -> str:
@@ -39,7 +41,7 @@ def index_key(content_hash: str) -> str:
 
 
 def point_id(article_id: str, key: str, index: int) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb:{article_id}:{key}:{index}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, joined_key("kb", article_id, key, index)))
 
 
 def _article_filter(article_id: str) -> models.Filter:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastmcp import Context, FastMCP
 from fastmcp.prompts import Message
 from mcp.types import ToolAnnotations
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 
 from schemas.common import IdempotencyKey
 from schemas.knowledge import (
@@ -140,7 +140,7 @@ async def get_ingest_job(
 async def search_articles(
     query: Query,
     ctx: Context,
-    k: Annotated[int, Field(ge=1, le=50, description="How many passages to return.")] = 5,
+    k: Annotated[StrictInt, Field(ge=1, le=50, description="How many passages to return.")] = 5,
     filters: Annotated[
         SearchFilters | None, Field(description="Only articles with any of these tags / source.")
     ] = None,
@@ -169,7 +169,7 @@ async def list_articles(
     ctx: Context,
     source: Source | None = None,
     tag: KbTag | None = None,
-    limit: Annotated[int, Field(ge=1, le=200)] = 50,
+    limit: Annotated[StrictInt, Field(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Field(max_length=500)] = None,
 ) -> ArticlePage:
     """Articles by id, optionally of one source or tag; pass `next_cursor` back for more."""

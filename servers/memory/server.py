@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastmcp import Context, FastMCP
 from mcp.types import ToolAnnotations
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 from redis.asyncio import Redis
 
 from schemas.common import CustomerId, IdempotencyKey
@@ -110,7 +110,7 @@ async def get_session(
     customer_id: CustomerId,
     session_id: SessionId,
     ctx: Context,
-    last: Annotated[int, Field(ge=1, le=500, description="How many recent turns.")] = 20,
+    last: Annotated[StrictInt, Field(ge=1, le=500, description="How many recent turns.")] = 20,
 ) -> Session:
     """The last turns of a conversation, oldest first (empty if none or expired)."""
     return await _memory(ctx).sessions.read(customer_id, session_id, last)
@@ -142,7 +142,7 @@ async def recall(
     customer_id: CustomerId,
     query: RecallQuery,
     ctx: Context,
-    k: Annotated[int, Field(ge=1, le=50, description="How many memories.")] = 5,
+    k: Annotated[StrictInt, Field(ge=1, le=50, description="How many memories.")] = 5,
     kind: MemoryKind | None = None,
 ) -> Recalled:
     """The customer's memories closest in meaning to `query`, best first.
@@ -156,7 +156,7 @@ async def list_memories(
     customer_id: CustomerId,
     ctx: Context,
     kind: MemoryKind | None = None,
-    limit: Annotated[int, Field(ge=1, le=200)] = 50,
+    limit: Annotated[StrictInt, Field(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Field(max_length=500)] = None,
 ) -> MemoryPage:
     """All of a customer's long-term memories, oldest first; pass `next_cursor` back for more."""

@@ -1,6 +1,7 @@
 """Session memory in Redis: the turns of a conversation, bounded and expiring.
 
-Keys (under the environment's prefix, see ``cache_prefix``):
+Keys (under the environment's prefix, see ``cache_prefix``; ids percent-encoded by
+``joined_key``, so that customer ``A:chat`` can never reach customer ``A``'s session ``chat:42``):
 
 - ``session:<customer>:<session>``  list of turns (JSON), the newest last, at most
   ``session_max_turns``, expiring ``session_ttl_seconds`` after the last append;
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 
 from schemas.memory import Session, SessionAppended, Speaker, Turn
 from servers.runtime.errors import Conflict, Unavailable
+from servers.runtime.keys import joined_key
 
 APPEND = """
 -- KEYS: turns, index, customer set, customer's idempotency keys
@@ -61,17 +63,17 @@ class Sessions:
     ttl_seconds: int
 
     def turns_key(self, customer_id: str, session_id: str) -> str:
-        return f"{self.prefix}session:{customer_id}:{session_id}"
+        return self.prefix + joined_key("session", customer_id, session_id)
 
     @property
     def index_key(self) -> str:
         return f"{self.prefix}sessions"
 
     def customer_key(self, customer_id: str) -> str:
-        return f"{self.prefix}customer:{customer_id}"
+        return self.prefix + joined_key("customer", customer_id)
 
     def appended_key(self, customer_id: str) -> str:
-        return f"{self.prefix}appended:{customer_id}"
+        return self.prefix + joined_key("appended", customer_id)
 
     async def append(
         self,

@@ -16,14 +16,15 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from schemas.common import ROLE_SCOPES, Role
 from schemas.memory import MemoryKind, Speaker, Turn
+from schemas.roles import ROLE_SCOPES, Role
 from servers.memory import store
 from servers.memory.sessions import Sessions
 from servers.runtime.auth import Caller
 from servers.runtime.cache import cache_prefix
 from servers.runtime.database import open_pool
 from servers.runtime.embeddings import embedding_model
+from servers.runtime.keys import joined_key
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import task_settings, tasks
 from servers.runtime.vectors import open_vectors
@@ -101,6 +102,7 @@ async def consolidate_idle() -> int:
         for customer_id, session_id, last in idle:
             turns = await sessions.all_turns(customer_id, session_id)
             if turns:
+                last_turn = str(turns[-1].at)
                 await store.remember(
                     memory,
                     CONSOLIDATION,
@@ -108,7 +110,7 @@ async def consolidate_idle() -> int:
                     summarize(session_id, turns),
                     MemoryKind.INTERACTION_SUMMARY,
                     f"session:{session_id}",
-                    f"consolidate:{customer_id}:{session_id}:{len(turns)}:{turns[-1].at}",
+                    joined_key("consolidate", customer_id, session_id, len(turns), last_turn),
                 )
                 done += 1
             await sessions.settled(customer_id, session_id, last)

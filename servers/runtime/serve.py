@@ -17,19 +17,28 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import mcp.types as mt
 import psycopg
 import uvicorn
+from anyio.streams.memory import MemoryObjectSendStream
 from fastmcp import FastMCP
+from fastmcp.exceptions import NotFoundError as FastMCPNotFoundError
 from fastmcp.exceptions import ToolError
 from fastmcp.exceptions import ValidationError as FastMCPValidationError
+from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.lowlevel import NotificationOptions
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -42,10 +51,12 @@ from servers.runtime import telemetry
 from servers.runtime.auth import DEFAULT_SCOPE, http_auth, local_caller, token_caller
 from servers.runtime.errors import (
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     SupportMeshError,
     Unavailable,
 )
+from servers.runtime.limits import MessageLimits, argument_problem, check_message
 from servers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,21 +79,6 @@ def invalid_argument(exc: ValidationError) -> InvalidArgument:
     return InvalidArgument(field, reason)
 
 
-def _find_nul(value: object, path: str) -> str | None:
-    """The path of the first string holding a NUL character (PostgreSQL cannot store one)."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        items: list[tuple[str, object]] = [
-            (f"{path}.{k}" if path else str(k), v) for k, v in value.items()
-        ]
-    elif isinstance(value, list):
-        items = [(f"{path}.{i}", v) for i, v in enumerate(value)]
-    else:
-        return None
-    return next((found for p, v in items if (found := _find_nul(v, p))), None)
-
-
 class ToolCallMiddleware(Middleware):
     """Checks the caller's scope, turns errors into typed tool errors and records each call's
     outcome and latency."""
@@ -99,10 +95,8 @@ class ToolCallMiddleware(Middleware):
         try:
             caller = token_caller() or local_caller(self.settings)
             caller.require(self.scopes.get(tool, DEFAULT_SCOPE), tool)
-            arguments = context.message.arguments or {}
-            # json.dumps writes NUL as \u0000: one C-speed scan, and the walk only on a hit.
-            if "\\u0000" in json.dumps(arguments) and (field := _find_nul(arguments, "")):
-                raise InvalidArgument(field, "text must not contain NUL characters")
+            if found := argument_problem(context.message.arguments or {}):
+                raise InvalidArgument(*found)
             result = await call_next(context)
             # Which server of the mesh answered. A result with _meta also reaches the client as
             # a CallToolResult, which skips the MCP SDK's re-validation of structured output:
@@ -121,11 +115,16 @@ class ToolCallMiddleware(Middleware):
         except ValidationError as exc:  # a model built inside the tool from its arguments
             outcome = "invalid_argument"
             raise invalid_argument(exc) from exc
-        except psycopg.OperationalError as exc:
-            outcome = "unavailable"
-            raise Unavailable(None, "the database is unavailable; retry later") from exc
-        except ToolError:
-            outcome = "error"
+        except FastMCPNotFoundError as exc:
+            outcome, tool = "not_found", "(unknown)"  # a label per made-up name would pile up
+            raise NotFound("name", "no such tool on this server; see tools/list") from exc
+        except ToolError as exc:
+            # FastMCP has already masked what the tool raised (and logged its traceback): a
+            # generic ToolError whose cause is the real exception.
+            if isinstance(exc.__cause__, psycopg.OperationalError):
+                outcome = "unavailable"
+                raise Unavailable(None, "the database is unavailable; retry later") from exc
+            outcome = "internal" if exc.__cause__ is not None else "error"
             raise
         except Exception:
             outcome = "internal"
@@ -292,8 +291,14 @@ def http_app(
 
     for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
         server.custom_route(path, methods=["GET"])(endpoint)
-    middleware: list[AsgiMiddleware] = []
     server.auth = http_auth(settings, base_url)
+    limits = AsgiMiddleware(
+        MessageLimits,
+        server=server.name,
+        max_bytes=settings.max_message_bytes,
+        require_auth=server.auth is not None,
+    )
+    middleware = [limits]
     if server.auth is not None:
         tools = next(m for m in server.middleware if isinstance(m, ToolCallMiddleware))
         metadata = f"{base_url}/.well-known/oauth-protected-resource/mcp"
@@ -333,9 +338,29 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: a free one the system picks).
+
+    Listening before the server starts is what makes a free port safe to use: nobody can take
+    it between choosing and serving. Raises ``OSError`` when the port is in use.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @contextlib.asynccontextmanager
-async def serving_http(app: Starlette, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Serve ``app`` in this event loop until the block exits."""
+async def serving_http(app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
+    """Serve ``app`` on ``sock`` (from ``listening_socket``) in this event loop until the block
+    exits; the socket is closed after."""
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
@@ -346,18 +371,84 @@ async def serving_http(app: Starlette, host: str, port: int) -> AsyncIterator[uv
         timeout_graceful_shutdown=5,
     )
     web = _Uvicorn(config)
-    task = asyncio.create_task(web.serve())
+    task = asyncio.create_task(web.serve(sockets=[sock]))
     try:
         while not web.started:
             if task.done():
                 task.result()  # raises why it stopped
                 raise RuntimeError(f"HTTP server on {host}:{port} stopped during start-up")
             await asyncio.sleep(0.02)
-        yield web
+        yield
     finally:
         web.should_exit = True
         await task
+        sock.close()
 
 
-async def serve_stdio(server: FastMCP[Any]) -> None:
-    await server.run_async(transport="stdio", show_banner=False)
+async def _stdin_lines(limit: int) -> AsyncIterator[bytes]:
+    """stdin's lines, read by the event loop rather than a thread, so that a cancelled server
+    (SIGTERM) stops at once: a thread blocked on stdin, as the SDK reads it, kept the process
+    alive for as long as the client kept stdin open. A line longer than ``limit`` is dropped."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except ValueError:  # a regular file: reading it never blocks for long
+        for line in sys.stdin.buffer:
+            yield line
+        return
+    pending, skipping = bytearray(), False
+    while chunk := await reader.read(1 << 16):
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            line = bytes(pending[: end + 1])
+            del pending[: end + 1]
+            if not skipping:
+                yield line
+            skipping = False
+        if len(pending) > limit:
+            if not skipping:
+                log.warning("dropped a stdio message longer than %d bytes", limit)
+            pending.clear()
+            skipping = True
+    if pending and not skipping:
+        yield bytes(pending)
+
+
+class _CheckedLines:
+    """stdin's lines for the MCP SDK's stdio transport. A line ``check_message`` refuses is
+    answered here, through the transport's own writer, and never reaches the SDK; one that
+    cannot be answered (no request id: a notification, or no JSON at all) is logged and
+    dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.replies: MemoryObjectSendStream[SessionMessage] | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for line in _stdin_lines(self.limit):
+            refusal = check_message(line) if line.strip() else None
+            if refusal is None:
+                yield line.decode("utf-8", errors="replace")
+            elif refusal.reply.get("id") is None or self.replies is None:
+                log.warning("dropped a stdio message: %s", refusal.reply.get("error"))
+            else:
+                reply = mt.JSONRPCMessage.model_validate(refusal.reply)
+                await self.replies.send(SessionMessage(reply))
+
+
+async def serve_stdio(server: FastMCP[Any], settings: Settings) -> None:
+    """Serve over stdio, as FastMCP's ``run_stdio_async`` does, with every line checked."""
+    token = set_transport("stdio")
+    try:
+        async with server._lifespan_manager():
+            lines = _CheckedLines(settings.max_message_bytes)
+            stdin = cast(anyio.AsyncFile[str], lines)  # the SDK only iterates it
+            async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+                lines.replies = write_stream
+                options = server._mcp_server.create_initialization_options(
+                    notification_options=NotificationOptions(tools_changed=True)
+                )
+                await server._mcp_server.run(read_stream, write_stream, options)
+    finally:
+        reset_transport(token)

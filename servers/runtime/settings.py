@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.common import Role
+from schemas.roles import Role
 from schemas.ticketing import SlaPolicy
 
 
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1", "http://localhost", "http://[::1]"],
         description="Origin header values (scheme://host, any port) HTTP servers accept.",
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="The largest JSON-RPC message a server reads: an HTTP body (413 above it) "
+        "or a stdio line (dropped above it).",
     )
     log_level: str = "INFO"
     actor: str = Field(

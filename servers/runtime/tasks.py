@@ -29,6 +29,7 @@ from typing import Any
 from celery import Celery
 from celery.beat import EmbeddedService, Scheduler
 
+from servers.runtime.keys import joined_key
 from servers.runtime.settings import Settings, place
 from servers.runtime.vectors import vectors_location
 
@@ -44,7 +45,7 @@ def task_queue(settings: Settings, server: str) -> str:
     """
     assert settings.postgres_url, "start_backends fills in postgres_url"
     vectors = place(settings.qdrant_url) if settings.qdrant_url else vectors_location(settings)
-    where = f"{place(settings.postgres_url)} {vectors}"
+    where = joined_key(place(settings.postgres_url), vectors)
     return f"supportmesh.{hashlib.sha256(where.encode()).hexdigest()[:8]}.{server}"
 
 

@@ -19,6 +19,11 @@ TOOL_SECONDS = Histogram(
     ["server", "tool"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MESSAGES_REFUSED = Counter(
+    "supportmesh_messages_refused_total",
+    "JSON-RPC messages answered by the input limits before reaching the server",
+    ["server", "status"],
+)
 OUTBOX_UNSENT = Gauge("supportmesh_outbox_unsent", "Outbox events not yet on Kafka", ["server"])
 EVENTS_PUBLISHED = Counter(
     "supportmesh_events_published_total", "Events published to Kafka", ["server", "topic"]

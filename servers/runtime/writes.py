@@ -25,6 +25,7 @@ from schemas.events import Event, Topic
 from servers.runtime.auth import Caller
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import Conflict, Unavailable
+from servers.runtime.keys import joined_key
 from servers.runtime.pii import mask_data
 
 R = TypeVar("R", bound=BaseModel)
@@ -67,6 +68,18 @@ class Write:
         self.subject = self.subject or subject
 
 
+async def lock_row(
+    write: Write, sql: str, params: list[Any], field: str, record: str
+) -> Row | None:
+    """The one row ``sql`` selects ``FOR UPDATE`` (``NOWAIT`` or under a ``lock_timeout``), or
+    None. If another write holds it: ``conflict`` naming the record, e.g. ``conflict: order_id:
+    order #W2378156 is being changed by another call; retry``."""
+    try:
+        return await (await write.conn.execute(sql, params)).fetchone()
+    except psycopg.errors.LockNotAvailable as exc:
+        raise Conflict(field, f"{record} is being changed by another call; retry") from exc
+
+
 def arguments_hash(arguments: dict[str, Any]) -> str:
     canonical = json.dumps(arguments, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -85,10 +98,11 @@ async def perform_write(
 ) -> R:
     """Run ``change`` once per idempotency key, atomically with its audit row and events."""
     digest = arguments_hash(arguments)
+    write: Write | None = None
     try:
         async with pool.connection() as conn, conn.transaction():
             if idempotency_key is not None:
-                await conn.execute(LOCK_KEY, [f"{tool}:{idempotency_key}"])
+                await conn.execute(LOCK_KEY, [joined_key(tool, idempotency_key)])
                 cur = await conn.execute(FIND_KEY, [tool, idempotency_key])
                 if (first := await cur.fetchone()) is not None:
                     if first["arguments_hash"] != digest:
@@ -115,6 +129,7 @@ async def perform_write(
         psycopg.errors.SerializationFailure,
         psycopg.errors.DeadlockDetected,
     ) as exc:
-        raise Conflict(None, "another change to the same record is in progress; retry") from exc
+        subject = f"{tool} on {write.subject}" if write and write.subject else tool
+        raise Conflict(None, f"{subject} collided with another change; retry") from exc
     except psycopg.OperationalError as exc:
         raise Unavailable(None, f"database unavailable: {exc}") from exc

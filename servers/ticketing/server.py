@@ -9,16 +9,15 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastmcp import Context, FastMCP
 from fastmcp.prompts import Message
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictInt
 
-from schemas.common import CustomerId, IdempotencyKey
+from schemas.common import CustomerId, IdempotencyKey, Timestamp
 from schemas.ticketing import (
     Assignee,
     Body,
@@ -145,9 +144,9 @@ async def search_tickets(
     customer_id: CustomerId | None = None,
     tag: Annotated[Tag | None, Field(description="Tickets carrying this tag.")] = None,
     assignee: Assignee | None = None,
-    created_after: Annotated[datetime | None, Field(description="ISO 8601, inclusive.")] = None,
-    created_before: Annotated[datetime | None, Field(description="ISO 8601, exclusive.")] = None,
-    limit: Annotated[int, Field(ge=1, le=100, description="Page size.")] = 20,
+    created_after: Annotated[Timestamp | None, Field(description="ISO 8601, inclusive.")] = None,
+    created_before: Annotated[Timestamp | None, Field(description="ISO 8601, exclusive.")] = None,
+    limit: Annotated[StrictInt, Field(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None,
         Field(max_length=500, description="`next_cursor` of the previous page, same filters."),
@@ -188,7 +187,7 @@ async def update_ticket(
     ] = None,
     priority: Priority | None = None,
     assignee: Assignee | None = None,
-    unassign: Annotated[bool, Field(description="True to clear the assignee.")] = False,
+    unassign: Annotated[StrictBool, Field(description="True to clear the assignee.")] = False,
     add_tags: Tags | None = None,
     remove_tags: Tags | None = None,
     idempotency_key: IdempotencyKey | None = None,
@@ -218,7 +217,7 @@ async def add_comment(
     body: Body,
     ctx: Context,
     public: Annotated[
-        bool,
+        StrictBool,
         Field(
             description=(
                 "True: a reply the customer receives. False: an internal note only agents see."

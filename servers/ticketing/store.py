@@ -118,7 +118,9 @@ async def search_tickets(
         params.append(text)
         sort_sql, sort_params = f"{rank}::float8", [text]
         order = f"{rank} DESC, id DESC"
-        after = f"({rank}, id) < (%s::real, %s)"
+        # Compared as float8, as the cursor carries it: exact, and no value a forged cursor
+        # can hold overflows it (real would, past 3.4e38).
+        after = f"({rank}::float8, id) < (%s::float8, %s)"
     else:
         sort_sql, sort_params = "created_at", []
         order = "created_at DESC, id DESC"

@@ -1,36 +1,52 @@
 """``supportmesh up`` on a fresh data directory with no configuration at all."""
 
+import asyncio
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastmcp import Client
 
-from servers.runtime.backends import free_port
-from tests.conftest import SUPPORTMESH, inspector, running
+from clients.mesh import Mesh, read_mesh
+from tests.conftest import STARTUP_SECONDS, SUPPORTMESH, inspector, stopped
 from tests.integration.test_backends import wait_gone
 
 
-def crm_port(ticketing_url: str) -> int:
-    """The CRM's port under `up`: one above ticketing's (8701, 8702, ...)."""
-    return int(ticketing_url.rsplit(":", 1)[1].split("/")[0]) + 1
+@dataclass
+class RunningUp:
+    proc: subprocess.Popen[bytes]
+    mesh: Mesh  # what it wrote to DATA_DIR/mesh.json once up
+    log: Path
+    env: dict[str, str]
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Any:
-    port = free_port()
+def up(tmp_path: Path) -> Iterator[RunningUp]:
+    """`supportmesh up --free-ports` in a subprocess, once it is up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
-    env["SUPPORTMESH_DATA_DIR"] = str(tmp_path / "data")
+    data_dir = tmp_path / "data"
+    env["SUPPORTMESH_DATA_DIR"] = str(data_dir)
+    env["SUPPORTMESH_APPROVAL_SWEEP_SECONDS"] = "0.5"
     log = tmp_path / "up.log"
-    argv = [SUPPORTMESH, "up", f"--port-offset={port - 8701}"]
-    with running(argv, env, f"http://127.0.0.1:{port}/readyz", log) as proc:
-        yield proc, f"http://127.0.0.1:{port}/mcp", log, env
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [SUPPORTMESH, "up", "--free-ports"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    with stopped(proc):
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while (mesh := read_mesh(data_dir)) is None or mesh.pid != proc.pid:
+            assert proc.poll() is None, f"up exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not up in {STARTUP_SECONDS} s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield RunningUp(proc, mesh, log, env)
     assert proc.returncode == 0, log.read_text()
-    assert wait_gone(tmp_path / "data") == []
+    assert read_mesh(data_dir) is None  # removed on the way out
+    assert wait_gone(data_dir) == []
 
 
 def issue(env: dict[str, str], role: str) -> str:
@@ -39,43 +55,83 @@ def issue(env: dict[str, str], role: str) -> str:
     return subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
-async def test_up_serves_every_server_on_embedded_backends(mesh: Any) -> None:
-    proc, url, log, env = mesh
-    deadline = time.monotonic() + 60
-    while "SupportMesh is up" not in (printed := log.read_text()):  # after every server started
-        assert time.monotonic() < deadline and proc.poll() is None, printed
-        time.sleep(0.2)
-    crm_url = f"http://127.0.0.1:{crm_port(url)}/mcp"
-    assert f"ticketing  {url}" in printed and f"crm        {crm_url}" in printed
+async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> None:
+    servers = up.mesh.servers
+    assert set(servers) == {"ticketing", "crm", "knowledge", "memory", "approvals"}
+    printed = up.log.read_text()
+    for name, url in servers.items():
+        assert f"{name:<10} {url}" in printed
     assert '"mcpServers"' in printed and '"supportmesh-crm"' in printed
     assert "Loaded the demo store" in printed
-    bearer = issue(env, "agent")
-    async with Client(url, auth=bearer) as client:
+    bearer = issue(up.env, "agent")
+    async with Client(servers["ticketing"], auth=bearer) as client:
         made = await client.call_tool("create_ticket", {"subject": "Hello", "description": "d"})
         assert made.structured_content and made.structured_content["status"] == "new"
-    async with Client(crm_url, auth=bearer) as client:
+    async with Client(servers["crm"], auth=bearer) as client:
         found = await client.call_tool("find_customer", {"email": "ada.quill@example.org"})
         assert found.structured_content == {"customer_id": "ada_quill_1001"}
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
+    # Background work runs in up's one worker for every server, not only the first to start:
+    # an approval past its expiry is recorded as expired by the approvals sweep.
+    async with Client(servers["approvals"], auth=bearer) as client:
+        asked = await client.call_tool(
+            "request_approval",
+            {
+                "subject": "order/#W9000001",
+                "action_tool": "x",
+                "reason": "r",
+                "expires_in_seconds": 1,
+            },
+        )
+        assert asked.structured_content
+        deadline = time.monotonic() + 60
+        while True:
+            read = await client.call_tool(
+                "get_approval", {"approval_id": asked.structured_content["id"]}
+            )
+            assert read.structured_content
+            if read.structured_content["decided_at"] is not None:  # set by the sweep
+                break
+            assert time.monotonic() < deadline, up.log.read_text()[-3000:]
+            await asyncio.sleep(0.5)
+    assert "unregistered task" not in up.log.read_text()
+    up.proc.send_signal(signal.SIGINT)
+    up.proc.wait(timeout=30)
+
+
+def test_up_names_a_port_in_use_and_exits(tmp_path: Path) -> None:
+    """A taken port is a one-line error and exit code 3, not a traceback, and nothing is left
+    running."""
+    from servers.runtime.serve import listening_socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
+    env["SUPPORTMESH_DATA_DIR"] = str(tmp_path / "data")
+    with listening_socket("127.0.0.1", 0) as taken:
+        offset = taken.getsockname()[1] - 8702  # crm's port
+        done = subprocess.run(
+            [SUPPORTMESH, "up", f"--port-offset={offset}", "--no-demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_SECONDS,
+        )
+    assert done.returncode == 3, done.stderr
+    assert f"crm cannot listen on 127.0.0.1:{offset + 8702}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert wait_gone(tmp_path / "data") == []
 
 
 @pytest.mark.node
-def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) -> None:
-    proc, url, _, env = mesh
-    bearer = issue(env, "agent")
+def test_inspector_cli_lists_and_calls_tools_on_up(up: RunningUp, node_tools: Path) -> None:
+    bearer = issue(up.env, "agent")
+    url = up.mesh.servers["ticketing"]
     listed = inspector(node_tools, url, bearer, "--method", "tools/list")
     assert len(listed["tools"]) == 6
     called = inspector(
         node_tools, url, bearer, "--method", "tools/call", "--tool-name", "search_tickets"
     )
-    # Memory (8705) and approvals (8706) too, each with the token its tools need.
-    ticketing_port = crm_port(url) - 1
-    memory_url = url.replace(str(ticketing_port), str(ticketing_port + 4))
-    approvals_url = url.replace(str(ticketing_port), str(ticketing_port + 5))
     recalled = inspector(
         node_tools,
-        memory_url,
+        up.mesh.servers["memory"],
         bearer,
         "--method",
         "tools/call",
@@ -89,7 +145,7 @@ def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) 
     assert recalled["structuredContent"] == {"customer_id": "ada_quill_1001", "hits": []}
     asked = inspector(
         node_tools,
-        approvals_url,
+        up.mesh.servers["approvals"],
         bearer,
         "--method",
         "tools/call",
@@ -104,8 +160,8 @@ def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) 
     )["structuredContent"]
     decided = inspector(
         node_tools,
-        approvals_url,
-        issue(env, "approver"),
+        up.mesh.servers["approvals"],
+        issue(up.env, "approver"),
         "--method",
         "tools/call",
         "--tool-name",
@@ -117,5 +173,5 @@ def test_inspector_cli_lists_and_calls_tools_on_up(mesh: Any, node_tools: Path) 
     )["structuredContent"]
     assert (decided["status"], decided["decided_by"]) == ("approved", "e2e-approver")
     assert called["structuredContent"]["tickets"] == []
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    up.proc.send_signal(signal.SIGTERM)
+    up.proc.wait(timeout=30)

@@ -13,7 +13,7 @@ import mcp.types as mt
 from fastmcp import Client
 from fastmcp.client.elicitation import ElicitResult
 
-from schemas.common import Role
+from schemas.roles import Role
 from servers.approvals.server import build_server
 from servers.runtime.settings import Settings
 from tests.conftest import read_events

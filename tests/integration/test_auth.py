@@ -3,15 +3,18 @@ identity of in-process and stdio calls."""
 
 import asyncio
 import base64
+import time
 from typing import Any
 
 import httpx
+import jwt
+import pytest
 from fastmcp import Client
 from pydantic import SecretStr
 
-from schemas.common import Role
+from schemas.roles import Role
 from servers.knowledge.server import build_server as build_knowledge
-from servers.runtime.auth import issue_token
+from servers.runtime.auth import MAX_TOKEN_SECONDS, issue_token, signing_key
 from servers.runtime.settings import Settings
 from tests.conftest import token
 from tests.integration.test_ticketing_tools import Db, call, refused
@@ -29,6 +32,13 @@ def tool_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 LIST_TOOLS = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def forged_token(settings: Settings, **claims: Any) -> str:
+    """A token signed with the servers' own key, with ``claims`` changed (None: left out)."""
+    good = jwt.decode(token(settings), options={"verify_signature": False})
+    changed = {k: v for k, v in (good | claims).items() if v is not None}
+    return jwt.encode(changed, signing_key(settings), algorithm="HS256")
 
 
 async def post(url: str, body: dict[str, Any], bearer: str | None) -> httpx.Response:
@@ -58,7 +68,7 @@ async def test_bad_signature_expired_wrong_audience_or_issuer_are_401(
 ) -> None:
     other_key = settings.model_copy(update={"auth_signing_key": SecretStr("x" * 48)})
     forged = issue_token(other_key, Role.ADMIN, "mallory")
-    expired = issue_token(settings, Role.AGENT, "late", ttl_seconds=-60)
+    expired = forged_token(settings, exp=int(time.time()) - 60)
     wrong_audience = issue_token(
         settings.model_copy(update={"auth_audience": "another-service"}), Role.AGENT, "a"
     )
@@ -152,3 +162,34 @@ async def test_an_accepted_token_is_refused_once_it_expires(
     assert (await post(ticketing_http, LIST_TOOLS, brief)).status_code == 200
     await asyncio.sleep(2.5)
     assert (await post(ticketing_http, LIST_TOOLS, brief)).status_code == 401
+
+
+async def test_a_token_must_expire_name_its_subject_and_be_valid_already(
+    ticketing_http: str, settings: Settings
+) -> None:
+    """Signed by the right key, yet refused: no exp, no sub, nbf or iat an hour ahead."""
+    hour_ahead = int(time.time()) + 3600
+    refused = {
+        "no exp": forged_token(settings, exp=None),
+        "no sub": forged_token(settings, sub=None),
+        "blank sub": forged_token(settings, sub="  "),
+        "nbf ahead": forged_token(settings, nbf=hour_ahead),
+        "iat ahead": forged_token(settings, iat=hour_ahead),
+        "nbf not a number": forged_token(settings, nbf="soon"),
+    }
+    for why, bearer in refused.items():
+        assert (await post(ticketing_http, LIST_TOOLS, bearer)).status_code == 401, why
+    # A clock a few seconds ahead of ours is a different machine, not a forgery.
+    skewed = forged_token(settings, nbf=int(time.time()) + 5, iat=int(time.time()) + 5)
+    assert (await post(ticketing_http, LIST_TOOLS, skewed)).status_code == 200
+
+
+def test_token_issue_mints_at_most_seven_days(settings: Settings) -> None:
+    longest = jwt.decode(
+        issue_token(settings, Role.AGENT, "a", ttl_seconds=MAX_TOKEN_SECONDS),
+        options={"verify_signature": False},
+    )
+    assert longest["exp"] - longest["iat"] == MAX_TOKEN_SECONDS == 7 * 24 * 3600
+    for ttl in (MAX_TOKEN_SECONDS + 1, 0, -60):
+        with pytest.raises(ValueError, match="a token lives from 1 to"):
+            issue_token(settings, Role.AGENT, "a", ttl_seconds=ttl)

@@ -19,14 +19,14 @@ from servers.runtime.settings import Settings
 from tests.conftest import (
     SUPPORTMESH,
     fresh_database,
+    require_shared_data,
     serving_over_http,
-    shared_data,
     supportmesh_env,
     token,
 )
 from tests.integration.test_ticketing_tools import call, refused
 
-RETAIL = shared_data() / "tau2" / "retail"
+RETAIL = require_shared_data() / "tau2" / "retail"
 
 
 @pytest.fixture(scope="module")

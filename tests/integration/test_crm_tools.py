@@ -396,7 +396,9 @@ async def test_an_order_locked_by_another_write_is_a_conflict(
         message = await refused(
             crm, "cancel_pending_order", order_id="#W9000003", reason="no longer needed"
         )
-        assert message.startswith("conflict:")
+        assert message == (
+            "conflict: order_id: order #W9000003 is being changed by another call; retry"
+        )
         await other.rollback()
     await call(crm, "cancel_pending_order", order_id="#W9000003", reason="no longer needed")
 

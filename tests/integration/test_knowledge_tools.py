@@ -13,11 +13,10 @@ from qdrant_client import models
 from servers.knowledge.index import COLLECTION
 from servers.runtime.settings import Settings
 from servers.runtime.vectors import open_vectors
-from tests.conftest import shared_data
+from tests.conftest import require_shared_data
 from tests.integration.test_ticketing_tools import call, refused
 
 Db = psycopg.AsyncConnection[Any]
-BANKING = shared_data() / "tau2" / "banking_knowledge" / "documents"
 
 
 def article(id: str, title: str, body: str, tags: list[str] | None = None) -> dict[str, Any]:
@@ -25,8 +24,9 @@ def article(id: str, title: str, body: str, tags: list[str] | None = None) -> di
 
 
 def banking(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """Shared banking articles, as ingest_articles takes them."""
-    files = sorted(BANKING.glob("*.json"))[start : start + count]
+    """Shared banking articles, as ingest_articles takes them (skips the test without them)."""
+    documents = require_shared_data() / "tau2" / "banking_knowledge" / "documents"
+    files = sorted(documents.glob("*.json"))[start : start + count]
     docs = [json.loads(f.read_text()) for f in files]
     return [article(d["id"], d["title"], d["content"], ["banking"]) for d in docs]
 

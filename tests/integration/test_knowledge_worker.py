@@ -17,21 +17,19 @@ import psycopg
 import pytest
 from fastmcp import Client
 
-from schemas.common import Role
+from schemas.roles import Role
 from servers.knowledge.index import index_key
-from servers.runtime.backends import free_port
 from servers.runtime.settings import Settings
 from tests.conftest import (
-    SUPPORTMESH,
     fresh_database,
-    running,
-    shared_data,
+    require_shared_data,
+    serving,
     supportmesh_env,
     token,
 )
 from tests.integration.test_ticketing_tools import call
 
-BANKING = shared_data() / "tau2" / "banking_knowledge" / "documents"
+BANKING = require_shared_data() / "tau2" / "banking_knowledge" / "documents"
 
 
 def other_redis_db(url: str) -> str:
@@ -55,12 +53,7 @@ async def test_a_killed_worker_s_job_completes_after_redelivery(
             "SUPPORTMESH_DATA_DIR": str(tmp_path / "data"),  # a Qdrant store of its own
             "SUPPORTMESH_TASK_VISIBILITY_TIMEOUT_SECONDS": "3",
         }
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/mcp"
-        argv = [SUPPORTMESH, "serve", "knowledge", "--transport", "http", "--port", str(port)]
-        ready = f"http://127.0.0.1:{port}/readyz"
-
-        with running(argv, env, ready, tmp_path / "first.log") as first:
+        with serving("knowledge", env, tmp_path / "first.log") as (first, url):
             async with Client(url, auth=token(settings, Role.ADMIN)) as client:
                 job = await call(client, "ingest_articles", articles=articles, source="banking")
                 while job["indexed"] < 20:
@@ -71,7 +64,7 @@ async def test_a_killed_worker_s_job_completes_after_redelivery(
         assert job["status"] == "running", "the job finished before the worker was killed"
         killed_at = job["indexed"]
 
-        with running(argv, env, ready, tmp_path / "second.log"):
+        with serving("knowledge", env, tmp_path / "second.log") as (_, url):
             async with Client(url, auth=token(settings, Role.ADMIN)) as client:
                 for _ in range(1200):
                     job = await call(client, "get_ingest_job", job_id=job["id"])

@@ -12,7 +12,7 @@ from fastmcp import Client
 from qdrant_client import models
 from redis.asyncio import Redis
 
-from schemas.common import Role
+from schemas.roles import Role
 from servers.memory.server import build_server
 from servers.memory.store import COLLECTION
 from servers.runtime.settings import Settings
@@ -22,6 +22,34 @@ from tests.integration.test_ticketing_tools import Db, call, refused
 
 def customer() -> str:
     return f"cust_{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_customer_id_holding_a_colon_never_reaches_another_s_session(
+    memory: Client[Any],
+) -> None:
+    """Customer 'A:chat', session '42' once read customer A's session 'chat:42' (and could
+    append to it): both ids may hold ':', and the Redis key joined them with ':'."""
+    a = customer()
+    await call(
+        memory,
+        "append_session",
+        customer_id=a,
+        session_id="chat:42",
+        speaker="customer",
+        text="my card number ends 4242",
+    )
+    other = await call(memory, "get_session", customer_id=f"{a}:chat", session_id="42")
+    assert other["turns"] == [] and other["total_turns"] == 0
+    await call(
+        memory,
+        "append_session",
+        customer_id=f"{a}:chat",
+        session_id="42",
+        speaker="customer",
+        text="hello",
+    )
+    mine = await call(memory, "get_session", customer_id=a, session_id="chat:42")
+    assert [t["text"] for t in mine["turns"]] == ["my card number ends 4242"]
 
 
 async def test_sessions_keep_their_latest_turns_in_order(memory: Client[Any]) -> None:

@@ -15,6 +15,17 @@ from fastmcp.client.transports import StdioTransport
 from servers.runtime.settings import Settings
 from tests.conftest import SUPPORTMESH, supportmesh_env, token
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+
 
 async def exercise_ticketing(client: Client[Any]) -> None:
     """A support agent's round trip: open, find, work, reply, close; and one refusal."""
@@ -103,28 +114,20 @@ async def test_http_serves_probes_and_metrics(ticketing_http: str, settings: Set
 async def test_http_refuses_foreign_host_and_origin(
     ticketing_http: str, settings: Settings
 ) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"},
-        },
-    }
     headers = {
         "accept": "application/json, text/event-stream",
         "authorization": f"Bearer {token(settings)}",
     }
     async with httpx.AsyncClient() as http:
-        ok = await http.post(ticketing_http, json=init, headers=headers)
+        ok = await http.post(ticketing_http, json=INITIALIZE, headers=headers)
         assert ok.status_code == 200
         bad_host = await http.post(
-            ticketing_http, json=init, headers={**headers, "host": "evil.example.com"}
+            ticketing_http, json=INITIALIZE, headers={**headers, "host": "evil.example.com"}
         )
         assert bad_host.status_code == 421
         bad_origin = await http.post(
-            ticketing_http, json=init, headers={**headers, "origin": "http://evil.example.com"}
+            ticketing_http,
+            json=INITIALIZE,
+            headers={**headers, "origin": "http://evil.example.com"},
         )
         assert bad_origin.status_code == 403

@@ -1,0 +1,166 @@
+"""Running servers: ``supportmesh serve`` (one) and ``supportmesh up`` (the whole mesh).
+
+``up`` binds every server's port before it serves (so a port, given or free, cannot be taken
+between choosing and listening), then writes what it serves to ``DATA_DIR/mesh.json``: the
+file scripts and tests read for the actual URLs. It is removed when ``up`` stops.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from clients.registry import SERVERS
+from servers.runtime.backends import qdrant_location
+from servers.runtime.serve import http_app, listening_socket, serving_http
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import work_here
+
+MESH_FILE = "mesh.json"
+
+
+class Mesh(BaseModel):
+    """What ``DATA_DIR/mesh.json`` records while ``supportmesh up`` runs."""
+
+    pid: int
+    servers: dict[str, str]  # name -> MCP URL
+    backends: dict[str, str]  # SUPPORTMESH_* variables that reach the same backends
+
+
+class PortInUse(Exception):
+    """A server's port is taken by another process."""
+
+
+def backend_env(settings: Settings) -> dict[str, str]:
+    """The ``SUPPORTMESH_*`` variables that point another process at these backends."""
+    env = {
+        "SUPPORTMESH_POSTGRES_URL": settings.postgres_url or "",
+        "SUPPORTMESH_REDIS_URL": settings.redis_url or "",
+        "SUPPORTMESH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "SUPPORTMESH_DATA_DIR": str(settings.data_dir.resolve()),
+    }
+    if settings.qdrant_url:
+        env["SUPPORTMESH_QDRANT_URL"] = settings.qdrant_url
+    if settings.kafka_record_per_batch:  # the embedded Tansu broker needs it (see settings)
+        env["SUPPORTMESH_KAFKA_RECORD_PER_BATCH"] = "true"
+    return env
+
+
+def claude_desktop_config(settings: Settings) -> dict[str, Any]:
+    """``mcpServers`` entries that run each server over stdio on these backends."""
+    command = shutil.which("supportmesh") or str(Path(sys.executable).parent / "supportmesh")
+    return {
+        "mcpServers": {
+            f"supportmesh-{name}": {
+                "command": command,
+                "args": ["serve", name, "--transport", "stdio"],
+                "env": backend_env(settings),
+            }
+            for name in SERVERS
+        }
+    }
+
+
+def read_mesh(data_dir: Path) -> Mesh | None:
+    """What a running ``supportmesh up`` in ``data_dir`` serves, or None if none runs."""
+    try:
+        return Mesh.model_validate_json((data_dir / MESH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _mesh_file(settings: Settings, urls: dict[str, str]) -> Iterator[None]:
+    path = settings.data_dir.resolve() / MESH_FILE
+    mesh = Mesh(pid=os.getpid(), servers=urls, backends=backend_env(settings))
+    partial = path.with_suffix(".partial")
+    partial.write_text(mesh.model_dump_json(indent=2))
+    partial.replace(path)  # readers see the whole file or none
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _listen(name: str, host: str, port: int) -> socket.socket:
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        raise PortInUse(
+            f"{name} cannot listen on {host}:{port} ({exc.strerror}); stop what holds it, or "
+            "choose other ports (--port, --port-offset N, --free-ports)"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    server: Any, settings: Settings, needs: tuple[str, ...], host: str, sock: socket.socket
+) -> AsyncIterator[str]:
+    """Serve ``server`` on HTTP on ``sock`` until the block exits; yields its MCP URL."""
+    base_url = f"http://{host}:{sock.getsockname()[1]}"  # its OAuth metadata names it
+    async with serving_http(http_app(server, settings, needs, base_url), sock):
+        yield f"{base_url}/mcp"
+
+
+async def serve_http(
+    server: Any, settings: Settings, host: str, port: int, needs: tuple[str, ...]
+) -> None:
+    """Serve one server on streamable HTTP until cancelled."""
+    sock = _listen(server.name, host, port)
+    async with _serving(server, settings, needs, host, sock) as url:
+        print(f"{server.name}: {url}", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+
+
+async def run_up(settings: Settings, host: str, port_offset: int | None, started: float) -> None:
+    """Serve every server on HTTP until cancelled: on its own port plus ``port_offset``, or on
+    free ports when ``port_offset`` is None."""
+    urls: dict[str, str] = {}
+    work_here(*SERVERS)  # one Celery worker in this process runs every server's tasks
+    # Every server is built (its tasks imported) before the first one starts that worker: a
+    # task registered after the worker started is one it refuses as unregistered.
+    servers = {name: entry.module.build_server(settings) for name, entry in SERVERS.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        for name, entry in SERVERS.items():
+            port = 0 if port_offset is None else entry.port + port_offset
+            sock = _listen(name, host, port)
+            serving = _serving(servers[name], settings, entry.needs, host, sock)
+            urls[name] = await stack.enter_async_context(serving)
+        stack.enter_context(_mesh_file(settings, urls))
+        _print_mesh(settings, urls, time.monotonic() - started)
+        await asyncio.Event().wait()
+
+
+def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> None:
+    lines = [f"SupportMesh is up in {seconds:.1f} s.", "", "MCP servers (streamable HTTP):"]
+    lines += [f"  {name:<10} {url}" for name, url in urls.items()]
+    lines += [
+        f"  (also in {settings.data_dir.resolve() / MESH_FILE} while up runs)",
+        "",
+        "Backends:",
+        f"  postgres   {settings.postgres_url}",
+        f"  redis      {settings.redis_url}",
+        f"  kafka      {settings.kafka_bootstrap}",
+        f"  qdrant     {qdrant_location(settings)}",
+        "",
+        "Every HTTP call needs a bearer token; mint one and try it:",
+        "  TOKEN=$(supportmesh token issue --role agent --subject you@example.com)",
+        "  npx @modelcontextprotocol/inspector --cli "
+        f"{next(iter(urls.values()))} --transport http "
+        '--header "Authorization: Bearer $TOKEN" --method tools/list',
+        "",
+        "Claude Desktop (claude_desktop_config.json) - stdio servers on these backends:",
+        json.dumps(claude_desktop_config(settings), indent=2),
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,30 @@
+"""The servers of the mesh, as the command line knows them: where each lives, its HTTP port
+under ``supportmesh up``, and the backends its ``/readyz`` checks.
+
+A server's module is imported only when a command runs it, so that ``supportmesh --help``
+answers at once (importing all five takes seconds).
+"""
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class ServerEntry:
+    package: str  # the module with NAME, MIGRATIONS and build_server(settings)
+    port: int  # its default HTTP port under `up`
+    needs: tuple[str, ...]  # backends its /readyz checks
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.package)
+
+
+SERVERS: dict[str, ServerEntry] = {
+    "ticketing": ServerEntry("servers.ticketing.server", 8701, ("postgres",)),
+    "crm": ServerEntry("servers.crm.server", 8702, ("postgres", "redis")),
+    "knowledge": ServerEntry("servers.knowledge.server", 8703, ("postgres", "redis")),
+    "memory": ServerEntry("servers.memory.server", 8705, ("postgres", "redis")),
+    "approvals": ServerEntry("servers.approvals.server", 8706, ("postgres", "redis")),
+}

@@ -1,0 +1,232 @@
+"""What a caller may send: checked before the MCP SDK or a tool sees it, on every transport.
+
+A JSON-RPC message (an HTTP body, a stdio line) is refused at once when it is
+
+- larger than the ``max_message_bytes`` setting (HTTP ``413``; a stdio line is dropped), not
+  UTF-8 JSON, or nested deeper than ``MAX_MESSAGE_DEPTH``: a JSON-RPC error (``-32700`` /
+  ``-32600``) whose message reads ``invalid_argument: body: <reason>``;
+- holding a number JSON cannot carry faithfully (``NaN``, ``Infinity``, ``1e400``, an integer
+  outside 64 bits) or text PostgreSQL cannot store (NUL, a lone surrogate): inside a
+  ``tools/call``'s arguments, a tool error ``invalid_argument: <field>: <reason>``, as if the
+  tool had refused it; anywhere else, a JSON-RPC error naming the member.
+
+The MCP SDK would otherwise answer such messages with HTTP 500 or an error naming no field, or
+quietly turn a non-finite number into ``null`` before the tool's own validation runs.
+``argument_problem`` is the same check on arguments that arrive already parsed (in-process
+calls), run by every server's tool middleware.
+"""
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servers.runtime import telemetry
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_DEPTH = 64  # a tool's arguments sit 3 levels down: {params: {arguments: {...}}}
+MAX_ARGUMENT_DEPTH = 32
+MAX_INT = 2**63 - 1  # what PostgreSQL's bigint holds
+MIN_INT = -(2**63)
+
+INVALID_REQUEST = -32600
+PARSE_ERROR = -32700
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A number token parsed as this marker, so that the walk can name where it was."""
+
+    reason: str
+
+
+NON_FINITE = _Unreadable("must be a finite number (NaN and Infinity are not)")
+TOO_LARGE = _Unreadable(f"integer out of range (at most {MAX_INT} in size)")
+
+
+def _parse_float(token: str) -> float | _Unreadable:
+    value = float(token)
+    return value if math.isfinite(value) else NON_FINITE
+
+
+def _parse_int(token: str) -> int | _Unreadable:
+    # Refused before int() runs: past 4,300 digits it raises, and it is quadratic before that.
+    return int(token) if len(token) <= 20 else TOO_LARGE
+
+
+def _parse_constant(_: str) -> _Unreadable:
+    return NON_FINITE
+
+
+def _joined(path: tuple[str | int, ...]) -> str:
+    """A dotted path that is safe to print: bad keys escaped, long ones cut short."""
+    parts = [str(p) if _text_problem(str(p)) is None else ascii(p)[1:-1] for p in path]
+    return ".".join(p if len(p) <= 40 else p[:40] + "..." for p in parts)
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "text must not contain NUL characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text must be valid Unicode (a lone surrogate is not)"
+    return None
+
+
+def json_problem(
+    value: Any, max_depth: int, path: tuple[str | int, ...] = (), depth: int = 0
+) -> tuple[str, str] | None:
+    """The first place in a parsed JSON value that no tool may take, as (dotted path, reason).
+
+    Refused: text with NUL or a lone surrogate (as a value or a key), numbers that are not
+    finite, integers outside 64 bits, and objects or arrays nested deeper than ``max_depth``.
+    """
+    if isinstance(value, str):
+        reason = _text_problem(value)
+        return (_joined(path), reason) if reason else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if MIN_INT <= value <= MAX_INT else (_joined(path), TOO_LARGE.reason)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (_joined(path), NON_FINITE.reason)
+    if isinstance(value, _Unreadable):
+        return _joined(path), value.reason
+    if isinstance(value, dict | list):
+        if depth >= max_depth:
+            return _joined(path), f"nested deeper than {max_depth} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and (reason := _text_problem(key)):
+                return _joined((*path, key)), f"key: {reason}"
+            if found := json_problem(item, max_depth, (*path, key), depth + 1):
+                return found
+    return None
+
+
+def argument_problem(arguments: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with a tool's arguments, as (field, reason), or None.
+
+    The arguments object itself is level 0: ``{"a": {"b": 1}}`` nests one level deep.
+    """
+    return json_problem(arguments, MAX_ARGUMENT_DEPTH, depth=-1)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The reply that answers a message instead of the server: ``status`` is for HTTP."""
+
+    status: int
+    reply: dict[str, Any]
+
+
+def _error(status: int, code: int, field: str, reason: str, id: Any = None) -> Refusal:
+    message = f"invalid_argument: {field}: {reason}"
+    error = {"code": code, "message": message, "data": {"code": "invalid_argument", "field": field}}
+    return Refusal(status, {"jsonrpc": "2.0", "id": id, "error": error})
+
+
+def too_large(max_bytes: int) -> Refusal:
+    return _error(413, INVALID_REQUEST, "body", f"larger than {max_bytes} bytes")
+
+
+def check_message(body: bytes) -> Refusal | None:
+    """None if the JSON-RPC message ``body`` may go on to the server, else the reply to send."""
+    try:
+        message = json.loads(
+            body,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            parse_constant=_parse_constant,
+        )
+    except RecursionError:  # nested hundreds deep: json.loads stops at Python's stack limit
+        reason = f"nested deeper than {MAX_MESSAGE_DEPTH} levels"
+        return _error(400, INVALID_REQUEST, "body", reason)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        return _error(400, PARSE_ERROR, "body", f"not JSON: {exc}")
+    if not isinstance(message, dict):  # a batch, or not JSON-RPC at all: the SDK refuses it
+        found = json_problem(message, MAX_MESSAGE_DEPTH)
+        return _error(400, INVALID_REQUEST, found[0] or "body", found[1]) if found else None
+    params = message.get("params")
+    if (
+        message.get("method") == "tools/call"
+        and isinstance(params, dict)
+        and isinstance(arguments := params.get("arguments"), dict)
+    ):
+        # Outside the arguments a problem is the message's; inside, the tool's to refuse.
+        envelope = {**message, "params": {**params, "arguments": None}}
+        if found := json_problem(envelope, MAX_MESSAGE_DEPTH):
+            return _error(400, INVALID_REQUEST, found[0], found[1], _safe_id(message))
+        if found := argument_problem(arguments):
+            text = f"invalid_argument: {found[0]}: {found[1]}"
+            result = {"content": [{"type": "text", "text": text}], "isError": True}
+            return Refusal(200, {"jsonrpc": "2.0", "id": _safe_id(message), "result": result})
+        return None
+    if found := json_problem(message, MAX_MESSAGE_DEPTH):
+        return _error(400, INVALID_REQUEST, found[0], found[1], _safe_id(message))
+    return None
+
+
+def _safe_id(message: dict[str, Any]) -> Any:
+    """The request's id, if it is one a reply can carry."""
+    id = message.get("id")
+    return id if isinstance(id, str | int) and json_problem(id, 0) is None else None
+
+
+class MessageLimits:
+    """ASGI layer in front of the MCP endpoint: every POST body passes ``check_message`` (and
+    ``max_bytes``) before the MCP SDK reads it.
+
+    With ``require_auth``, requests without a verified token pass on untouched, to be refused
+    with 401 by the bearer-auth layer without their body being read.
+    """
+
+    def __init__(self, app: ASGIApp, server: str, max_bytes: int, require_auth: bool) -> None:
+        self.app, self.server = app, server
+        self.max_bytes, self.require_auth = max_bytes, require_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or (self.require_auth and not isinstance(scope.get("user"), AuthenticatedUser))
+        ):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(too_large(self.max_bytes), scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while not messages or messages[-1].get("more_body", False):
+            messages.append(await receive())
+            if messages[-1]["type"] != "http.request":
+                break
+            size += len(messages[-1].get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(too_large(self.max_bytes), scope, receive, send)
+                return
+        refusal = check_message(b"".join(m.get("body", b"") for m in messages))
+        if refusal is not None:
+            await self._refuse(refusal, scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
+        telemetry.MESSAGES_REFUSED.labels(self.server, str(refusal.status)).inc()
+        log.info("refused a message: %s", refusal.reply.get("error") or refusal.reply["result"])
+        await JSONResponse(refusal.reply, status_code=refusal.status)(scope, receive, send)
