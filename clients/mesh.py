@@ -83,7 +83,9 @@ def _mesh_file(settings: Settings, urls: dict[str, str]) -> Iterator[None]:
     path = settings.data_dir.resolve() / MESH_FILE
     mesh = Mesh(pid=os.getpid(), servers=urls, backends=backend_env(settings))
     partial = path.with_suffix(".partial")
-    partial.write_text(mesh.model_dump_json(indent=2))
+    # 0600: the backend URLs may hold passwords, as the signing key beside it does.
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(mesh.model_dump_json(indent=2))
     partial.replace(path)  # readers see the whole file or none
     try:
         yield

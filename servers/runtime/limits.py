@@ -37,6 +37,7 @@ MAX_INT = 2**63 - 1  # what PostgreSQL's bigint holds
 MIN_INT = -(2**63)
 
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
 PARSE_ERROR = -32700
 
 
@@ -157,11 +158,11 @@ def check_message(body: bytes) -> Refusal | None:
         found = json_problem(message, MAX_MESSAGE_DEPTH)
         return _error(400, INVALID_REQUEST, found[0] or "body", found[1]) if found else None
     params = message.get("params")
-    if (
-        message.get("method") == "tools/call"
-        and isinstance(params, dict)
-        and isinstance(arguments := params.get("arguments"), dict)
-    ):
+    if message.get("method") == "tools/call" and isinstance(params, dict):
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            reason = "must be an object of the tool's arguments"
+            return _error(400, INVALID_PARAMS, "params.arguments", reason, _safe_id(message))
         # Outside the arguments a problem is the message's; inside, the tool's to refuse.
         envelope = {**message, "params": {**params, "arguments": None}}
         if found := json_problem(envelope, MAX_MESSAGE_DEPTH):
@@ -179,7 +180,8 @@ def check_message(body: bytes) -> Refusal | None:
 def _safe_id(message: dict[str, Any]) -> Any:
     """The request's id, if it is one a reply can carry."""
     id = message.get("id")
-    return id if isinstance(id, str | int) and json_problem(id, 0) is None else None
+    readable = isinstance(id, str | int) and not isinstance(id, bool)
+    return id if readable and json_problem(id, 0) is None else None
 
 
 class MessageLimits:

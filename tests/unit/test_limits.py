@@ -58,6 +58,7 @@ def test_problems_outside_the_arguments_are_json_rpc_errors() -> None:
         (b"[" * 5000 + b"]" * 5000, -32600, "invalid_argument: body: nested deeper than 64"),
         (call("{}", id="1e999"), -32600, "invalid_argument: id: must be a finite number"),
         (call("{}", id='"\\ud800"'), -32600, "invalid_argument: id: text must be valid Unicode"),
+        (call("[1]"), -32602, "invalid_argument: params.arguments: must be an object"),
     ]:
         refusal = check_message(body)
         assert refusal is not None and refusal.status == 400
