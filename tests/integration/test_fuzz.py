@@ -89,6 +89,7 @@ def last_audit_id(postgres_url: str, schema: str) -> int:
 
 
 @pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 1 MB string, on purpose
 def test_every_reply_is_a_result_or_a_typed_error(
     server: str, request: pytest.FixtureRequest, settings: Settings
 ) -> None:
