@@ -65,10 +65,14 @@ WRITE = ToolAnnotations(
 DELETE = ToolAnnotations(
     readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
 )
+MAX_QUERY = 20_000  # characters: a customer's whole message, with room to spare
 Query = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=1000),
-    Field(description="The question or words to look for, as the customer put it."),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY),
+    Field(
+        description="The question, or the customer's whole message as they wrote it (up to "
+        f"{MAX_QUERY} characters): the words they repeat count for more."
+    ),
 ]
 
 
@@ -146,14 +150,19 @@ async def search_articles(
     ] = None,
     mode: Annotated[
         SearchMode,
-        Field(description="hybrid (default, best), or dense / lexical alone for comparison."),
+        Field(
+            description="hybrid (default, best on short questions and whole messages alike), "
+            "or dense / lexical alone for comparison."
+        ),
     ] = SearchMode.HYBRID,
 ) -> SearchResults:
     """Find the knowledge-base passages that answer a question, best first.
 
-    Returns up to `k` passages, each with the article id, title, section path (`headings`)
-    and text to quote and cite. Hybrid search combines meaning (so paraphrases match) with
-    exact words (so product names and codes match).
+    Pass a short question or the customer's whole message: a long message is ranked by its
+    words, weighted by how often it uses them, and product names are matched as phrases ("Sky
+    Blue" is not "Light Blue"). Returns up to `k` passages, each with the article id, title,
+    section path (`headings`) and text to quote and cite. Hybrid search combines meaning (so
+    paraphrases match) with exact words (so product names and codes match).
     """
     kb = _kb(ctx)
     hits = await asyncio.to_thread(kb.index.search, query, k, filters or SearchFilters(), mode)

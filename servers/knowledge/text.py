@@ -5,13 +5,20 @@ section longer than ``max_words`` is cut into windows that overlap by ``overlap_
 sentence on a cut is whole in at least one chunk.
 
 Sparse vectors carry BM25's term-frequency part: ``tf * (k1 + 1) / (tf + k1 * (1 - b + b *
-len / avg_len))`` for each term of a chunk, and 1 for each term of a query. Qdrant multiplies in
-the inverse document frequency itself (the collection's sparse vector has ``Modifier.IDF``), so
-the score of a query is BM25 over the collection as it is now, with no corpus statistics kept
-here. Terms are lower-cased words with English stop words removed and a light suffix strip;
-each maps to a stable 31-bit index.
+len / avg_len))`` for each term of a chunk. A query's terms are weighted by how often the query
+says them, saturating: ``tf * (k + 1) / (tf + k)`` with ``k = QUERY_K``, so the topic a customer
+keeps coming back to outweighs a word of their story, yet no word drowns the rest. Qdrant
+multiplies in the inverse document frequency itself (the collection's sparse vector has
+``Modifier.IDF``), so the score of a query is BM25 over the collection as it is now, with no
+corpus statistics kept here.
+
+Terms are lower-cased words with English stop words removed and a light suffix strip, plus every
+pair of adjacent words (``light_blue``, ``gold_plu``): the pairs tell apart products whose
+names share words, a "Light Blue" and a "Sky Blue" account, "Gold" and "Gold Plus". Each term
+maps to a stable 31-bit index.
 """
 
+import itertools
 import re
 import zlib
 from collections import Counter
@@ -88,6 +95,7 @@ STOP_WORDS = frozenset(
     ]
 )
 K1, B, AVG_LEN = 1.2, 0.75, 60.0
+QUERY_K = 10.0  # saturation of a query term's count; chosen on bench/kb_long_queries.jsonl
 
 
 @dataclass(frozen=True)
@@ -141,10 +149,17 @@ def _stem(word: str) -> str:
     return word
 
 
+def words(text: str) -> list[str]:
+    """The words of ``text`` that count for search, in order, repeats kept: lower-cased, stop
+    words dropped, endings stripped."""
+    found = WORD.findall(text.lower().replace("’", "'"))
+    return [_stem(w.split("'")[0]) for w in found if w not in STOP_WORDS]
+
+
 def terms(text: str) -> list[str]:
-    """The lexical terms of ``text``, in order, repeats kept."""
-    words = WORD.findall(text.lower().replace("’", "'"))
-    return [_stem(w.split("'")[0]) for w in words if w not in STOP_WORDS]
+    """The lexical terms of ``text``: its words, then each pair of adjacent words."""
+    single = words(text)
+    return single + [f"{a}_{b}" for a, b in itertools.pairwise(single)]
 
 
 def term_index(term: str) -> int:
@@ -161,6 +176,7 @@ def document_sparse(text: str) -> tuple[list[int], list[float]]:
 
 
 def query_sparse(text: str) -> tuple[list[int], list[float]]:
-    """One for each distinct term of a query."""
-    indices = sorted({term_index(t) for t in terms(text)})
-    return indices, [1.0] * len(indices)
+    """Each distinct term of a query, weighted by how often the query uses it (saturating)."""
+    counts = Counter(term_index(t) for t in terms(text))
+    indices = sorted(counts)
+    return indices, [counts[i] * (QUERY_K + 1) / (counts[i] + QUERY_K) for i in indices]

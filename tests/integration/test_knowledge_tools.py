@@ -11,6 +11,7 @@ from fastmcp import Client
 from qdrant_client import models
 
 from servers.knowledge.index import COLLECTION
+from servers.knowledge.server import MAX_QUERY
 from servers.runtime.settings import Settings
 from servers.runtime.vectors import open_vectors
 from tests.conftest import require_shared_data
@@ -67,6 +68,70 @@ async def test_ingested_articles_are_found_by_paraphrase(knowledge: Client[Any])
     assert target["id"] in [h["article_id"] for h in hits], [titles[h["article_id"]] for h in hits]
     hit = next(h for h in hits if h["article_id"] == target["id"])
     assert hit["headings"] and hit["text"] and hit["title"] == target["title"]
+
+
+async def test_products_whose_names_share_words_are_not_confused(knowledge: Client[Any]) -> None:
+    """'Light Blue' is not 'Sky Blue', and 'Gold' is not 'Gold Plus', even where the wrong
+    article holds more of the query's single words: pairs of words count."""
+    await ingest(
+        knowledge,
+        [
+            article("kb-names-light-blue", "Light Blue Account", "## Fees\nNo monthly fee."),
+            article(
+                "kb-names-sky-blue",
+                "Sky Blue Account",
+                "## Fees\nFees are light: a light monthly fee, lighter with a light balance.",
+            ),
+            article("kb-names-gold", "Gold Account", "## Rates\nThe Gold Account earns 2%."),
+            article(
+                "kb-names-gold-plus",
+                "Gold Plus Account",
+                "## Rates\nOur gold standard account: the Gold Plus account earns gold-level "
+                "rates on every account balance.",
+            ),
+        ],
+        source="names",
+    )
+    for query, expected in [
+        ("what fees are there on a light blue account", "kb-names-light-blue"),
+        ("what rate does my gold account earn", "kb-names-gold"),
+        ("what rate does the gold plus account earn", "kb-names-gold-plus"),
+    ]:
+        hits = await search(knowledge, query, filters={"source": "names"}, k=4, mode="lexical")
+        assert hits[0]["article_id"] == expected, (query, [h["article_id"] for h in hits])
+
+
+async def test_a_customer_s_whole_message_is_a_query(knowledge: Client[Any]) -> None:
+    """A message of thousands of characters is searched, ranked by the topic it keeps coming
+    back to rather than the words of its story; past the documented limit it is refused."""
+    await ingest(
+        knowledge,
+        [
+            article(
+                "kb-long-wire",
+                "Wire transfers",
+                "## Limits\nA wire transfer over the "
+                "daily limit is held for review; call us to release a held wire.",
+            ),
+            article(
+                "kb-long-dogs",
+                "Pet insurance",
+                "## Dogs\nOur partner insures dogs, walks and vet visits.",
+            ),
+        ],
+        source="long",
+    )
+    garden = " ".join(f"On day {i} we talked about the garden." for i in range(80))
+    message = (
+        f"Hello, I took my dog to the vet last week. {garden} Anyway: my wire transfer to my "
+        "landlord is held. Why is the wire held, and how do I release a held wire transfer "
+        f"before the rent is late? {garden} Thanks."
+    )
+    assert 5_000 < len(message) <= MAX_QUERY
+    hits = await search(knowledge, message, filters={"source": "long"}, k=2)
+    assert hits[0]["article_id"] == "kb-long-wire", [h["article_id"] for h in hits]
+    too_long = await refused(knowledge, "search_articles", query="x" * (MAX_QUERY + 1))
+    assert too_long == f"invalid_argument: query: String should have at most {MAX_QUERY} characters"
 
 
 async def test_filters_narrow_results(knowledge: Client[Any]) -> None:

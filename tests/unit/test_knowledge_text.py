@@ -1,6 +1,6 @@
 """How articles are cut into chunks: the heading path a search hit cites, and its text."""
 
-from servers.knowledge.text import chunk_article
+from servers.knowledge.text import QUERY_K, chunk_article, query_sparse, term_index, terms
 
 ARTICLE = """Intro line.
 
@@ -63,3 +63,18 @@ Sign in again.
 def test_an_unclosed_code_block_runs_to_the_end() -> None:
     chunks = chunk_article("# Setup\n```\n# comment\nmake install\n")
     assert [(c.headings, c.text) for c in chunks] == [(("Setup",), "```\n# comment\nmake install")]
+
+
+def test_pairs_of_words_tell_apart_names_that_share_a_word() -> None:
+    assert "light_blue" in terms("My Light Blue account") and "sky_blue" in terms("Sky Blue")
+    assert "gold_plu" in terms("the Gold Plus account")  # 'plus' loses its 's' like any plural
+    assert "gold_plu" not in terms("the Gold account, plus interest")
+
+
+def test_a_query_weighs_what_it_repeats_more_but_never_without_bound() -> None:
+    query = "wire " * 5 + "dog garden"
+    weights = dict(zip(*query_sparse(query), strict=True))
+    wire, dog = weights[term_index("wire")], weights[term_index("dog")]
+    assert wire > 3 * dog and dog == 1.0
+    flood = dict(zip(*query_sparse("wire " * 1000), strict=True))[term_index("wire")]
+    assert flood < QUERY_K + 1
