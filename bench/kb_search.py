@@ -7,7 +7,9 @@ Search: the shared banking articles are chunked and embedded once, then copied u
 each size, ``KnowledgeIndex.search`` (embed the query, dense + lexical prefetch, RRF fusion,
 payload) is timed against the baseline: one raw ``query_points`` on the dense vectors with a
 ready-made query vector, in the same run on the same collection; and, to show what is ours
-and what is Qdrant's, the same fused query sent raw (vectors ready, no hits built).
+and what is Qdrant's, the same fused query sent raw (vectors ready, no hits built). Both query
+sets are timed: the short questions (``kb_queries.jsonl``) and customers' whole messages
+(``kb_long_queries.jsonl``, 217-1042 words), which hybrid search ranks by their words alone.
 
 Ingestion: the knowledge server (its Celery worker in-process, embedded backends) ingests all
 698 articles through its MCP tools; passages per second from the call to the job's end.
@@ -40,6 +42,7 @@ from tests.conftest import shared_data_or_exit
 
 ARTICLES = shared_data_or_exit() / "tau2" / "banking_knowledge" / "documents"
 QUERIES = Path(__file__).parent / "kb_queries.jsonl"
+LONG_QUERIES = Path(__file__).parent / "kb_long_queries.jsonl"
 T = TypeVar("T")
 
 
@@ -105,15 +108,19 @@ def raw_hybrid(client: QdrantClient, query: tuple[list[float], str]) -> object:
     )
 
 
-def search_latency(sizes: list[int], queries: list[str]) -> None:
+def search_latency(sizes: list[int], queries: list[str], messages: list[str]) -> None:
     model = embedding_model(None)
     passages = real_passages(model)
     query_vectors = embed(model, queries)
-    print(f"{len(passages)} real passages, copied up to each size; {len(queries)} queries\n")
+    print(
+        f"{len(passages)} real passages, copied up to each size; "
+        f"{len(queries)} questions, {len(messages)} whole messages\n"
+    )
     print(
         f"{'passages':>9}{'search p50':>12}{'p95 ms':>8}"
         f"{'raw p50':>10}{'p95 ms':>8}{'x raw p50':>11}"
         f"{'raw hybrid':>13}{'p95 ms':>8}{'x hybrid':>11}"
+        f"{'message p50':>13}{'p95 ms':>8}{'x raw p50':>11}"
     )
     for size in sizes:
         index = KnowledgeIndex(Vectors(QdrantClient(":memory:"), local=True), model)
@@ -145,10 +152,13 @@ def search_latency(sizes: list[int], queries: list[str]) -> None:
             partial(raw_hybrid, index.vectors.client),
             list(zip(query_vectors, queries, strict=True)),
         )
+        whole = timed(hybrid, messages)
         (o50, o95), (r50, r95), (f50, f95) = percentiles(ours), percentiles(raw), percentiles(fused)
+        m50, m95 = percentiles(whole)
         print(
             f"{size:>9}{o50:>12.1f}{o95:>8.1f}{r50:>10.1f}{r95:>8.1f}{o50 / r50:>11.1f}"
             f"{f50:>13.1f}{f95:>8.1f}{o50 / f50:>11.2f}"
+            f"{m50:>13.1f}{m95:>8.1f}{m50 / r50:>11.1f}"
         )
 
 
@@ -186,9 +196,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--queries", type=int, default=50)
     args = parser.parse_args()
-    lines = [json.loads(line) for line in QUERIES.read_text().splitlines() if line.strip()]
-    queries = [line["query"] for line in lines][: args.queries]
-    search_latency(args.sizes, queries)
+    sets = [
+        [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
+        for path in (QUERIES, LONG_QUERIES)
+    ]
+    search_latency(args.sizes, sets[0][: args.queries], sets[1][: args.queries])
     workdir = Path(".supportmesh") / "bench-kb"
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh Qdrant store: every article is new
     with start_backends(Settings(data_dir=workdir / "data"), durable=False) as settings:
