@@ -1,0 +1,532 @@
+"""The ticket workflow as a LangGraph graph (DESIGN §6).
+
+    intake -> triage -> research (knowledge | crm | memory, in parallel) -> solution
+      solution -> request_approval -> await_decision -> solution   (a refund a human must approve)
+      solution -> act -> quality                                    (an action the policy allows)
+      solution -> quality                                           (nothing to do, or done)
+      quality -> solution (at most MAX_DRAFTS times) | resolve
+
+Every capability is reached over MCP through the run's ``Mesh``. Writes sit in nodes of their
+own (``request_approval``, ``act``, ``resolve``), never in a node that interrupts, and each
+write's idempotency key comes from (thread, node, tool, attempt), so a node that runs again
+after a resume or a crash repeats nothing. ``await_decision`` pauses the run with
+``interrupt()`` and, once resumed, reads the decision back from the approvals server: the resume
+value only says which approval to look at.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer, Command, RetryPolicy, Send, interrupt
+
+from orchestrator import policy
+from orchestrator.mesh import Calls, Mesh, ToolFailed, Unavailable
+from orchestrator.state import (
+    Decision,
+    Evidence,
+    Passage,
+    ResearchInput,
+    ResearchOutput,
+    ResearchState,
+    TicketState,
+)
+from servers.runtime.keys import joined_key
+
+MAX_DRAFTS = 2  # replies quality may send back to solution before a human takes the ticket
+RETRY = RetryPolicy(retry_on=Unavailable, max_attempts=6, initial_interval=0.5, max_interval=8)
+
+
+@dataclass
+class RunContext:
+    """What every node of a run is given besides the state: the mesh and the store's limits."""
+
+    mesh: Mesh
+    limits: policy.Limits
+
+
+def decision(state: TicketState, node: str, what: str, detail: str) -> Decision:
+    """A decision whose id is stable when ``node`` runs again for the same ticket and draft."""
+    attempt = state.get("quality", {}).get("drafts", 0)
+    return Decision(
+        id=f"{attempt:02d}:{node}:{what}",
+        step=attempt,
+        node=node,
+        what=what,
+        detail=detail,
+    )
+
+
+def write_key(state: TicketState, node: str, tool: str, attempt: int = 0) -> str:
+    """The idempotency key of a write: (thread, node, tool, attempt of that decision)."""
+    return joined_key("orchestrator", state["ticket_id"], node, tool, attempt)
+
+
+async def intake(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Read the ticket; its customer, when the ticket names one."""
+    calls = runtime.context.mesh.calls()
+    ticket = await calls.call("get_ticket", ticket_id=state["ticket_id"])
+    text = f"{ticket['subject']}\n\n{ticket['description']}"
+    return {
+        "subject": ticket["subject"],
+        "text": text,
+        "customer_id": ticket.get("customer_id"),
+        "messages": [HumanMessage(text, id=f"ticket-{state['ticket_id']}")],
+        "quality": {"drafts": 0, "problems": []},
+        "metrics": calls.metrics(),
+    }
+
+
+async def triage(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Intent, priority and sentiment; who the customer is when the ticket does not say."""
+    calls = runtime.context.mesh.calls()
+    found = policy.triage(state["text"])
+    customer_id = state.get("customer_id")
+    how = "the ticket"
+    if customer_id is None:
+        customer_id, how = await identify(calls, found)
+    decisions = [
+        decision(
+            state, "triage", "intent", f"{found.intent} (all: {', '.join(found.intents) or '-'})"
+        ),
+        decision(state, "triage", "customer", f"{customer_id or 'unknown'} (from {how})"),
+    ]
+    if found.handover:
+        decisions.append(decision(state, "triage", "handover", found.handover))
+    return {
+        "triage": found.as_state(),
+        "customer_id": customer_id,
+        "decisions": decisions,
+        "metrics": calls.metrics(),
+    }
+
+
+async def identify(calls: Calls, found: policy.Triage) -> tuple[str | None, str]:
+    """The customer by the email in the message, or by name and zip code."""
+    for email in found.emails:
+        try:
+            return (await calls.call("find_customer", email=email))["customer_id"], "email"
+        except Unavailable:
+            raise
+        except ToolFailed:
+            continue
+    if found.name and found.zip:
+        first, last = found.name
+        try:
+            match = await calls.call(
+                "find_customer", first_name=first, last_name=last, zip=found.zip
+            )
+            return match["customer_id"], "name and zip"
+        except Unavailable:
+            raise
+        except ToolFailed:
+            pass
+    return None, "nothing in the message"
+
+
+def fan_out(state: ResearchInput) -> list[Send]:
+    return [Send(source, state) for source in ("knowledge", "crm", "memory")]
+
+
+def evidence(
+    source: str,
+    *,
+    facts: list[str] | None = None,
+    passages: list[Passage] | None = None,
+    orders: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+) -> dict[str, Evidence]:
+    found = Evidence(source=source, facts=facts or [], passages=passages or [], orders=orders or [])
+    if error is not None:
+        found["error"] = error
+    return {source: found}
+
+
+def orders_found(state: TicketState) -> list[dict[str, Any]]:
+    crm = state.get("evidence", {}).get("crm")
+    return crm["orders"] if crm else []
+
+
+def passages_found(state: TicketState) -> list[Passage]:
+    knowledge = state.get("evidence", {}).get("knowledge")
+    return knowledge["passages"] if knowledge else []
+
+
+async def knowledge(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The knowledge base's best passages for what the customer wrote (their whole message)."""
+    calls = runtime.context.mesh.calls()
+    try:
+        found = await calls.call("search_articles", query=state["text"][:20_000], k=5)
+    except Unavailable:
+        raise
+    except ToolFailed as exc:
+        return {"evidence": evidence("knowledge", error=exc.text), "metrics": calls.metrics()}
+    passages = [
+        Passage(article_id=h["article_id"], title=h["title"], text=h["text"], score=h["score"])
+        for h in found["hits"]
+        if not h["article_id"].startswith("internal-")
+    ]
+    return {"evidence": evidence("knowledge", passages=passages), "metrics": calls.metrics()}
+
+
+async def crm(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The customer's orders in brief, and the products of their items."""
+    calls = runtime.context.mesh.calls()
+    customer_id = state.get("customer_id")
+    if customer_id is None:
+        return {
+            "evidence": evidence("crm", error="customer not identified"),
+            "metrics": calls.metrics(),
+        }
+    try:
+        summaries = (await calls.call("list_customer_orders", customer_id=customer_id))["orders"]
+        orders = []
+        for summary in summaries:
+            order = await calls.call("get_order", order_id=summary["order_id"])
+            orders.append(
+                {
+                    "order_id": order["order_id"],
+                    "status": order["status"],
+                    "total": summary["total"],
+                    "items": order["items"],
+                    "payment_history": order["payment_history"],
+                    "fulfillments": order.get("fulfillments", []),
+                }
+            )
+    except Unavailable:
+        raise
+    except ToolFailed as exc:
+        return {"evidence": evidence("crm", error=exc.text), "metrics": calls.metrics()}
+    return {"evidence": evidence("crm", orders=orders), "metrics": calls.metrics()}
+
+
+async def memory(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """What we remember of the customer that bears on this message."""
+    calls = runtime.context.mesh.calls()
+    customer_id = state.get("customer_id")
+    if customer_id is None:
+        return {"evidence": evidence("memory"), "metrics": calls.metrics()}
+    try:
+        found = await calls.call("recall", customer_id=customer_id, query=state["text"][:4000], k=3)
+    except Unavailable:
+        raise
+    except ToolFailed as exc:
+        return {"evidence": evidence("memory", error=exc.text), "metrics": calls.metrics()}
+    facts = [hit["memory"]["text"] for hit in found["hits"]]
+    return {"evidence": evidence("memory", facts=facts), "metrics": calls.metrics()}
+
+
+def research_graph() -> CompiledStateGraph[
+    ResearchState, RunContext, ResearchInput, ResearchOutput
+]:
+    """Knowledge search, CRM lookup and memory recall at once, merged by the state's reducers.
+    It takes only what the branches read and gives back only evidence and metrics, so the
+    parent's counts are not added in twice."""
+    builder = StateGraph(
+        ResearchState,
+        context_schema=RunContext,
+        input_schema=ResearchInput,
+        output_schema=ResearchOutput,
+    )
+    for name, node in (("knowledge", knowledge), ("crm", crm), ("memory", memory)):
+        builder.add_node(name, node, retry_policy=RETRY)
+        builder.add_edge(name, END)
+    builder.add_conditional_edges(START, fan_out, ["knowledge", "crm", "memory"])
+    return builder.compile()
+
+
+async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The action the policy calls for (decided once per ticket) and the reply, drafted from
+    the evidence and from what has happened so far (approval, action)."""
+    calls = runtime.context.mesh.calls()
+    found = state["triage"]
+    orders = orders_found(state)
+    planned = state.get("plan")
+    customer: dict[str, Any] | None = None
+    if state.get("customer_id"):
+        customer = await calls.call("get_customer", customer_id=state["customer_id"])
+    update: dict[str, Any] = {}
+    if planned is None:
+        products = {}
+        if found["intent"] == "exchange":
+            for product_id in {i["product_id"] for o in orders for i in o["items"]}:
+                products[product_id] = await calls.call("get_product", product_id=product_id)
+        chosen = policy.plan(
+            policy.Triage(**{**found, "name": tuple(found["name"]) if found["name"] else None}),
+            state["text"],
+            customer,
+            orders,
+            products,
+            runtime.context.limits,
+        )
+        planned = chosen.as_state()
+        update["plan"] = planned
+        update["decisions"] = [
+            decision(
+                state,
+                "solution",
+                "action",
+                f"{chosen.tool}({chosen.arguments})" if chosen.tool else f"none: {chosen.blocked}",
+            )
+        ]
+        if chosen.needs_approval:
+            update["decisions"].append(
+                decision(state, "solution", "escalate", chosen.needs_approval)
+            )
+    approval = state.get("approval")
+    outcome = state.get("outcome")
+    will_act = bool(
+        planned["tool"]
+        and outcome is None
+        and (not planned["needs_approval"] or (approval or {}).get("status") == "approved")
+    )
+    reply = policy.compose_reply(
+        customer["name"]["first_name"] if customer else None,
+        planned,
+        {"status": "done"} if will_act else outcome,
+        approval,
+        passages_found(state),
+        planned["facts"],
+    )
+    update["reply"] = reply
+    update["metrics"] = calls.metrics()
+    return update
+
+
+def gate(state: TicketState) -> Literal["request_approval", "act", "quality"]:
+    """Straight to acting, to a human's approval first, or on to the quality check."""
+    planned = state.get("plan") or {}
+    approval = state.get("approval")
+    if not planned.get("tool") or state.get("outcome") is not None:
+        return "quality"
+    if planned.get("needs_approval"):
+        if approval is None:
+            return "request_approval"
+        return "act" if approval.get("status") == "approved" else "quality"
+    return "act"
+
+
+async def request_approval(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Ask the approvals server for a human's decision on exactly the planned action; tell the
+    customer it is waiting; mark the ticket pending."""
+    calls = runtime.context.mesh.calls()
+    planned = state["plan"]
+    assert planned is not None
+    approval = await calls.call(
+        "request_approval",
+        subject=f"ticket:{state['ticket_id']}",
+        action_tool=planned["tool"],
+        action_arguments=planned["arguments"],
+        amount=planned["amount"],
+        currency="USD",
+        reason=f"{planned['summary']}: {planned['needs_approval']}",
+        idempotency_key=write_key(state, "request_approval", "request_approval"),
+    )
+    await calls.call(
+        "update_ticket",
+        ticket_id=state["ticket_id"],
+        status="pending",
+        add_tags=["awaiting-approval"],
+        idempotency_key=write_key(state, "request_approval", "update_ticket"),
+    )
+    waiting = policy.compose_reply(None, planned, None, {"status": "pending"}, [], [])
+    await calls.call(
+        "add_comment",
+        ticket_id=state["ticket_id"],
+        body=waiting["text"],
+        public=True,
+        idempotency_key=write_key(state, "request_approval", "add_comment"),
+    )
+    return {
+        "approval": {"id": approval["id"], "status": approval["status"]},
+        "decisions": [decision(state, "request_approval", "approval", f"asked: {approval['id']}")],
+        "metrics": calls.metrics(),
+    }
+
+
+async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Command[Any]:
+    """Pause until a human decides; then read the decision from the approvals server."""
+    approval = state["approval"]
+    planned = state["plan"]
+    assert approval is not None and planned is not None
+    interrupt(
+        {
+            "action_requests": [
+                {
+                    "name": planned["tool"],
+                    "args": planned["arguments"],
+                    "description": f"{planned['summary']} ({planned['needs_approval']}); "
+                    f"approval {approval['id']}",
+                }
+            ],
+            "review_configs": [
+                {"action_name": planned["tool"], "allowed_decisions": ["approve", "reject"]}
+            ],
+            "approval_id": approval["id"],
+        }
+    )
+    calls = runtime.context.mesh.calls()
+    record = await calls.call("get_approval", approval_id=approval["id"])
+    status = record["status"]
+    read = {"id": record["id"], "status": status, "decided_by": record.get("decided_by")}
+    if status == "pending":
+        # Resumed before anyone decided: wait again.
+        return Command(goto="await_decision", update={"metrics": calls.metrics()})
+    if status == "approved" and (
+        record["action_tool"] != planned["tool"]
+        or record["action_arguments"] != planned["arguments"]
+    ):
+        read["status"] = "rejected"  # approved something else: fail closed
+    return Command(
+        goto="solution",
+        update={
+            "approval": read,
+            "decisions": [
+                decision(
+                    state, "await_decision", "approval", f"{read['status']} by {read['decided_by']}"
+                )
+            ],
+            "metrics": calls.metrics(),
+        },
+    )
+
+
+async def act(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The planned CRM write, with exactly the arguments planned (and approved, when asked)."""
+    calls = runtime.context.mesh.calls()
+    planned = state["plan"]
+    assert planned is not None and planned["tool"]
+    try:
+        await calls.call(
+            planned["tool"],
+            **planned["arguments"],
+            idempotency_key=write_key(state, "act", planned["tool"]),
+        )
+        outcome = {"status": "done", "tool": planned["tool"]}
+    except Unavailable:
+        raise
+    except ToolFailed as exc:
+        outcome = {"status": "failed", "tool": planned["tool"], "error": exc.text}
+    return {
+        "outcome": outcome,
+        "decisions": [decision(state, "act", "outcome", f"{outcome['status']}: {planned['tool']}")],
+        "metrics": calls.metrics(),
+    }
+
+
+def quality(state: TicketState) -> Command[Literal["solution", "resolve"]]:
+    """Check the reply: grounded in what was found, no other customer's data, and claiming
+    exactly the action taken. A bad draft goes back to solution, at most MAX_DRAFTS times."""
+    planned = state.get("plan") or {}
+    reply = state["reply"]
+    assert reply is not None
+    orders = orders_found(state)
+    passages = passages_found(state)
+    problems = policy.check_reply(
+        reply,
+        state.get("outcome"),
+        planned,
+        [o["order_id"] for o in orders],
+        None,
+        [p["article_id"] for p in passages],
+        planned.get("facts", []),
+    )
+    drafts = state.get("quality", {}).get("drafts", 0) + 1
+    checked = {"drafts": drafts, "problems": problems}
+    note = decision(state, "quality", "check", "; ".join(problems) or "ok")
+    if problems and drafts < MAX_DRAFTS:
+        return Command(goto="solution", update={"quality": checked, "decisions": [note]})
+    return Command(goto="resolve", update={"quality": checked, "decisions": [note]})
+
+
+async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Post the reply on the ticket and set its status; remember the conversation."""
+    calls = runtime.context.mesh.calls()
+    planned = state.get("plan") or {}
+    reply = state["reply"]
+    assert reply is not None
+    handover = bool(state.get("quality", {}).get("problems")) or str(
+        planned.get("blocked", "")
+    ).startswith("handover")
+    failed = (state.get("outcome") or {}).get("status") == "failed" or (
+        state.get("approval") or {}
+    ).get("status") in ("rejected", "expired")
+    ticket_id = state["ticket_id"]
+    await calls.call(
+        "add_comment",
+        ticket_id=ticket_id,
+        body=reply["text"],
+        public=True,
+        idempotency_key=write_key(state, "resolve", "add_comment"),
+    )
+    with_human = handover or failed
+    await calls.call(
+        "update_ticket",
+        ticket_id=ticket_id,
+        status="open" if with_human else "solved",
+        priority=state["triage"]["priority"],
+        add_tags=["needs-human"] if with_human else [f"intent:{state['triage']['intent']}"],
+        remove_tags=["awaiting-approval"],
+        idempotency_key=write_key(state, "resolve", "update_ticket"),
+    )
+    customer_id = state.get("customer_id")
+    if customer_id:
+        for speaker, text, part in (
+            ("customer", state["text"], "customer"),
+            ("agent", reply["text"], "agent"),
+        ):
+            await calls.call(
+                "append_session",
+                customer_id=customer_id,
+                session_id=f"ticket-{ticket_id}",
+                speaker=speaker,
+                text=text[:8000],
+                idempotency_key=write_key(state, "resolve", f"append_session-{part}"),
+            )
+        summary = (
+            f"Ticket {ticket_id} ({state['triage']['intent']}): "
+            + (planned.get("summary") or str(planned.get("blocked")))
+            + (f", {outcome['status']}" if (outcome := state.get("outcome")) else "")
+        )
+        await calls.call(
+            "remember",
+            customer_id=customer_id,
+            text=summary,
+            kind="interaction_summary",
+            source=f"ticket:{ticket_id}",
+            idempotency_key=write_key(state, "resolve", "remember"),
+        )
+    return {
+        "messages": [AIMessage(reply["text"], id=f"reply-{ticket_id}")],
+        "decisions": [
+            decision(state, "resolve", "status", "open, with a human" if with_human else "solved")
+        ],
+        "metrics": calls.metrics(),
+    }
+
+
+def build_graph(
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[TicketState, RunContext, TicketState, TicketState]:
+    builder = StateGraph(TicketState, context_schema=RunContext)
+    builder.add_node("intake", intake, retry_policy=RETRY)
+    builder.add_node("triage", triage, retry_policy=RETRY)
+    builder.add_node("research", research_graph())
+    builder.add_node("solution", solution, retry_policy=RETRY)
+    builder.add_node("request_approval", request_approval, retry_policy=RETRY)
+    builder.add_node("await_decision", await_decision, retry_policy=RETRY)
+    builder.add_node("act", act, retry_policy=RETRY)
+    builder.add_node("quality", quality)
+    builder.add_node("resolve", resolve, retry_policy=RETRY)
+    builder.add_edge(START, "intake")
+    builder.add_edge("intake", "triage")
+    builder.add_edge("triage", "research")
+    builder.add_edge("research", "solution")
+    builder.add_conditional_edges("solution", gate)
+    builder.add_edge("request_approval", "await_decision")
+    builder.add_edge("act", "quality")
+    builder.add_edge("resolve", END)
+    return builder.compile(checkpointer=checkpointer)

@@ -1,0 +1,70 @@
+"""Running a ticket through the graph: the PostgreSQL checkpointer, and one call to start or
+resume a ticket's run.
+
+Checkpoints live in the project's PostgreSQL, in a schema of their own (``orchestrator``), one
+thread per ticket (thread id = ticket id). Runs use ``durability="sync"``: each step's
+checkpoint is written before the next step starts. It is the only mode that survived a hard
+crash on these machines (the others either restarted the whole graph or had saved nothing), and
+a ticket's steps are few and slow (MCP calls) next to a checkpoint write.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from orchestrator.graph import RunContext
+from orchestrator.state import TicketState
+
+SCHEMA = "orchestrator"
+
+
+@contextlib.asynccontextmanager
+async def postgres_checkpointer(url: str) -> AsyncIterator[AsyncPostgresSaver]:
+    """LangGraph's PostgreSQL saver on ``url``, its tables in the ``orchestrator`` schema."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    async with AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={
+            # What the saver's setup() needs on a fresh database, and our schema.
+            "autocommit": True,
+            "row_factory": dict_row,
+            "prepare_threshold": 0,
+            "options": f"-c search_path={SCHEMA}",
+        },
+    ) as pool:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await saver.setup()
+        yield saver
+
+
+def thread(ticket_id: int) -> RunnableConfig:
+    return {"configurable": {"thread_id": str(ticket_id)}}
+
+
+async def handle(
+    graph: CompiledStateGraph[TicketState, RunContext, TicketState, TicketState],
+    ticket_id: int,
+    context: RunContext,
+    *,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Start the ticket's run, or resume it after a human decided (``resume``: the approval
+    id, which the run reads the decision of). Returns the state it stopped in; a run waiting
+    for a decision has ``__interrupt__``."""
+    start: Any = Command(resume=resume) if resume is not None else {"ticket_id": ticket_id}
+    result: dict[str, Any] = await graph.ainvoke(
+        start, thread(ticket_id), context=context, durability="sync"
+    )
+    return result
