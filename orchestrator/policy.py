@@ -42,20 +42,40 @@ CUES: dict[str, str] = {
     "return": r"\bret(?:urn|run|rn)\w*|\bsend (?:it|them|this|these|the \w+) back|\bmoney back"
     r"|\brefund (?:for|on) (?:the|my|this)",
     "exchange": r"\bexc?h?(?:ang|nag)\w*|\bswap\w*|\b(?:different|another|other|bigger|smaller)"
-    r" (?:size|colou?r|one|model|version)|\binstead of\b|\bchange (?:the|it to|them to) ",
+    r" (?:size|colou?r|one|model|version)",
     "modify_address": r"\b(?:ship|send|deliver)\w* (?:it |them |the order |my order |this "
     r"order )?to (?:a |my )?(?:new|different|another|the new|this)|\bshipping address"
-    r"|\bwrong address|\bdelivery address",
+    r"|\bwrong address|\bdelivery address"
+    r"|\b(?:ship|send|deliver)\w* (?:[\w#']+ ){0,6}to (?:my |our |the |a )?[\w']+ "
+    r"(?:place|house|home|address|apartment|office|work)",
     "update_profile_address": r"\bi(?:'ve| have)? (?:just )?moved\b|\bupdate (?:my |the )?"
     r"(?:default |profile |account |home )?address|\baddress (?:on|in) (?:my )?(?:account|profile)",
     "modify_payment": r"\bpayment method|\bpay (?:with|using|by|for it with)|\bcharge (?:it |this |"
-    r"the order )?to\b|\buse my (?:paypal|gift card|card|visa|mastercard)"
-    r"|\bswitch (?:the )?payment",
+    r"the order )?to\b|\buse my (?:paypal|gift card|card|visa|mastercard)(?![^.]*\bdiff)"
+    r"|\bswitch (?:the )?payment|\bcharge my (?:visa|mastercard|amex|discover|card|credit card|"
+    r"paypal|gift card)|\bswitch (?:it|the order|this) to my",
     "order_status": r"\bwhere(?:'s| is) my|\bstatus\b|\btrack\w*|\bhas(?:n'?t| not) (?:arrived|"
-    r"shipped|come)|\bwhen will\b|\bnot (?:yet )?(?:arrived|received)|\bstill waiting",
+    r"shipped|come)|\bwhen will\b|\bnot (?:yet )?(?:arrived|received)|\bstill waiting"
+    r"|\bwhat'?s happening|\bany update|\bhaven'?t heard",
     "kb_question": r"\bhow (?:do|long|can|much|does)|\bwhat(?:'s| is| are) (?:your|the)|"
     r"\bdo you\b|\bcan i\b|\bpolicy\b|\bis it possible",
 }
+# An item change asked for in passing ("in clear instead of black"): counts only when nothing
+# stronger is asked.
+WEAK_EXCHANGE = re.compile(
+    r"\binstead of\b|\bchange (?:the \w+ |it |them )?(?:to|for|from)\b|\bi need (?:size|a size)",
+    re.I,
+)
+# A cue in a sentence that reports or asks about the past is not a request: "an order was
+# cancelled", "I'd rather not cancel", "what's happening with my exchange?".
+NOT_A_REQUEST = re.compile(
+    r"\b(?:was|were|been|got|already)\s+\w*$"
+    r"|\b(?:not|n't|never|rather not|without)\s+(?:\w+\s+){0,2}$"
+)
+STATUS_QUESTION = re.compile(
+    r"^\s*(?:(?:hi|hello|hey)\b[,!]?\s*)?(?:what|where|when|has|have|did|is|are|why|any)\b[^?]*\?",
+    re.I,
+)
 ANGRY = re.compile(
     r"\b(?:furious|ridiculous|unacceptable|worst|disgusting|scam|angry|livid|pathetic|"
     r"incompetent|outrageous|useless|fed up|sick of|joke)\b|!!!",
@@ -137,14 +157,31 @@ class Triage:
 def triage(text: str) -> Triage:
     """Intent, priority, sentiment and the entities of a customer's message."""
     lowered = text.lower().replace("’", "'")
+    # A subject line is a title: its words count only when the message itself asks nothing.
+    _subject, _, body = lowered.partition("\n\n")
+    asks = any(re.search(cue, body) for cue in CUES.values())
+    searched = body if body and asks else lowered
+    offset = len(lowered) - len(searched)
     found: list[tuple[int, str]] = []
     for intent, cue in CUES.items():
-        match = re.search(cue, lowered)
-        if match:
-            found.append((match.start(), intent))
+        for match in re.finditer(cue, searched):
+            if intent in ACTIONABLE and not _requested(lowered, offset + match.start()):
+                continue
+            found.append((offset + match.start(), intent))
+            break
+    if not any(i in ACTIONABLE for _, i in found) and (weak := WEAK_EXCHANGE.search(searched)):
+        found.append((offset + weak.start(), "exchange"))
     found.sort()
     intents = [intent for _, intent in found]
     actionable = [i for i in intents if i in ACTIONABLE]
+    if (
+        actionable
+        and actionable[0] == "update_profile_address"
+        and ADDRESS.search(text)
+        and ORDER_ID.search(text)
+        and not re.search(r"\b(?:account|profile)\b", lowered)
+    ):
+        actionable[0] = "modify_address"  # a new address for an order, not for the account
     if actionable:
         intent = actionable[0]
     elif "order_status" in intents:
@@ -177,11 +214,37 @@ def triage(text: str) -> Triage:
         handover=handover,
         order_ids=list(dict.fromkeys(f"#{m.upper()}" for m in ORDER_ID.findall(text))),
         emails=list(dict.fromkeys(e.lower() for e in EMAIL.findall(text))),
-        zip=(ZIP.findall(text) or [None])[-1],
+        zip=_zip(text),
         name=(name.group(1).title(), name.group(2).title()) if name else None,
         injection=bool(INJECTION.search(text)),
         confidence=1.0 if len(actionable) == 1 else 0.6 if actionable else 0.8,
     )
+
+
+def _zip(text: str) -> str | None:
+    """The customer's zip code: the one they call their zip, else the first one not inside an
+    address they give."""
+    said = re.search(r"\bzip(?: code)?(?: is)?[:\s]+(\d{5})\b", text, re.I)
+    if said:
+        return said.group(1)
+    addresses = [m.span() for m in ADDRESS.finditer(text)]
+    for match in ZIP.finditer(text):
+        if not any(a <= match.start() < b for a, b in addresses):
+            return match.group(1)
+    return None
+
+
+def _requested(lowered: str, at: int) -> bool:
+    """Whether the cue at ``at`` asks for something, rather than reporting or asking about it."""
+    start = max(lowered.rfind(mark, 0, at) for mark in (".", "!", "?", "\n")) + 1
+    end = min(
+        (i for i in (lowered.find(m, at) for m in (".", "!", "?", "\n")) if i >= 0),
+        default=len(lowered),
+    )
+    sentence = lowered[start : end + 1]
+    if NOT_A_REQUEST.search(lowered[start:at]):
+        return False
+    return not STATUS_QUESTION.match(sentence)
 
 
 def _shouting(text: str) -> bool:
@@ -296,7 +359,7 @@ def plan(
             ),
             Decimal("0"),
         )
-        reason = "ordered by mistake" if "mistake" in text.lower() else "no longer needed"
+        reason = "ordered by mistake" if "mistak" in text.lower() else "no longer needed"
         result = Plan(
             tool="cancel_pending_order",
             arguments={"order_id": order["order_id"], "reason": reason},
@@ -312,6 +375,8 @@ def plan(
             return Plan(blocked=why, order_id=order["order_id"], facts=facts)
         if intent == "return":
             method = refund_method(text, customer, original)
+            if method is None:
+                return Plan(blocked="refund_method", order_id=order["order_id"], facts=facts)
             amount = sum((Decimal(str(i["price"])) for i in items), Decimal("0"))
             result = Plan(
                 tool="return_delivered_order_items",
@@ -327,6 +392,10 @@ def plan(
                 facts=facts,
             )
         else:
+            # Of the items the message names, those it asks an available change of ("the green
+            # speaker" may only describe the order).
+            asked = [i for i in items if choose_variant(text, i, products.get(i["product_id"]))]
+            items = asked or items
             new_ids = []
             for item in items:
                 new = choose_variant(text, item, products.get(item["product_id"]))
@@ -344,7 +413,7 @@ def plan(
                     "order_id": order["order_id"],
                     "item_ids": [i["item_id"] for i in items],
                     "new_item_ids": new_ids,
-                    "payment_method_id": original,
+                    "payment_method_id": named_payment_method(text, customer, original) or original,
                 },
                 order_id=order["order_id"],
                 summary=f"{'exchange' if intent == 'exchange' else 'change'} {_names(items)} "
@@ -363,9 +432,12 @@ def plan(
             facts=facts,
         )
     else:  # modify_payment
-        chosen_method = named_payment_method(text, customer)
-        if chosen_method is None or chosen_method == original:
+        chosen_method = named_payment_method(text, customer, original)
+        if chosen_method is None:
             return Plan(blocked="no_payment_method", order_id=order["order_id"], facts=facts)
+        balance = customer["payment_methods"][chosen_method].get("balance")
+        if balance is not None and Decimal(str(balance)) < Decimal(str(order["total"])):
+            return Plan(blocked="gift_card_balance", order_id=order["order_id"], facts=facts)
         result = Plan(
             tool="modify_pending_order_payment",
             arguments={"order_id": order["order_id"], "payment_method_id": chosen_method},
@@ -388,77 +460,148 @@ def plan(
 def choose_order(
     found: Triage, text: str, orders: list[dict[str, Any]], statuses: tuple[str, ...]
 ) -> tuple[dict[str, Any] | None, str]:
-    """The one order of the customer's the message is about, or why it is not clear."""
+    """The one order of the customer's the message is about, or why it is not clear: the first
+    one it names in a state the intent allows, else the one whose items it describes best."""
     if found.order_ids:
-        named = [o for o in orders if o["order_id"] in found.order_ids]
+        named = sorted(
+            (o for o in orders if o["order_id"] in found.order_ids),
+            key=lambda o: found.order_ids.index(o["order_id"]),
+        )
         allowed = [o for o in named if o["status"] in statuses]
         if not allowed:
             return None, f"wrong_status:{named[0]['status']}" if named else "no_order"
-        return (allowed[0], "") if len(allowed) == 1 else (None, "which_order")
+        return allowed[0], ""
     candidates = [o for o in orders if o["status"] in statuses]
     lowered = text.lower()
-    mentioned = [o for o in candidates if any(i["name"].lower() in lowered for i in o["items"])]
-    if mentioned:
-        candidates = mentioned
+    if len(candidates) > 1 and len({o["status"] for o in candidates}) > 1:
+        if re.search(r"\b(?:hasn'?t|has not|not yet|before it) (?:shipped|ships|left)", lowered):
+            candidates = [o for o in candidates if o["status"].startswith("pending")]
+        elif re.search(r"\b(?:received|arrived|delivered|got it)\b", lowered):
+            candidates = [o for o in candidates if o["status"] == "delivered"]
+    scored = [(_described(lowered, o["items"]), o) for o in candidates]
+    best = max((score for score, _ in scored), default=0)
+    if best > 0:
+        candidates = [o for score, o in scored if score == best]
     if len(candidates) == 1:
         return candidates[0], ""
     return None, "which_order" if candidates else "no_order"
 
 
+def _mentions(lowered: str, item: dict[str, Any]) -> bool:
+    """Whether the message names the item's product: its name, or the name's last word."""
+    name = item["name"].lower()
+    return name in lowered or bool(re.search(rf"\b{re.escape(name.split()[-1])}\b", lowered))
+
+
+def _described(lowered: str, items: list[dict[str, Any]]) -> int:
+    """How well the message describes some of ``items``: products named, and their options."""
+    score = 0
+    for item in items:
+        if _mentions(lowered, item):
+            score += 2 + sum(
+                bool(re.search(rf"\b{re.escape(str(v).lower())}\b", lowered))
+                for v in item["options"].values()
+            )
+    return score
+
+
+def _kept(lowered: str, item: dict[str, Any]) -> bool:
+    """Whether the customer says they keep this item ("I'm keeping the travel mug")."""
+    full = item["name"].lower()
+    name = f"(?:{re.escape(full)}|{re.escape(full.split()[-1])}s?)"
+    return bool(
+        re.search(
+            rf"\bkeep(?:ing)?\b[^.!?]*\b{name}|\b{name}\b[^.!?]*\b(?:i(?:'ll| will)? keep|"
+            rf"stays?|as is)\b",
+            lowered,
+        )
+    )
+
+
 def choose_items(text: str, order: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The items of the order the message is about; of several of one product, those whose
+    options it names."""
     lowered = text.lower()
-    named = [i for i in order["items"] if i["name"].lower() in lowered]
+    named = [i for i in order["items"] if _mentions(lowered, i) and not _kept(lowered, i)]
     if named:
-        return named, ""
+        chosen: list[dict[str, Any]] = []
+        for product_id in dict.fromkeys(i["product_id"] for i in named):
+            same = [i for i in named if i["product_id"] == product_id]
+            scores = [_described(lowered, [i]) for i in same]
+            chosen.extend(i for i, sc in zip(same, scores, strict=True) if sc == max(scores))
+        ids = [i["item_id"] for i in chosen]
+        return [i for i in order["items"] if i["item_id"] in ids], ""
     if len(order["items"]) == 1 or ALL_ITEMS.search(text):
         return list(order["items"]), ""
     return [], "which_items"
 
 
 def choose_variant(text: str, item: dict[str, Any], product: dict[str, Any] | None) -> str | None:
-    """The available variant of the item's product that the message asks for: the one whose
-    option values the message names most, the item's own options breaking ties."""
+    """The available variant of the item's product the message asks for: every option either
+    named in the message or left as the item has it, as many as named changed."""
     if product is None:
         return None
     lowered = text.lower()
-    best: tuple[int, int, str] | None = None
+    found = []
     for variant in product["variants"].values():
-        if not variant["available"] or variant["item_id"] == item["item_id"]:
+        if variant["item_id"] == item["item_id"]:
             continue
-        named = sum(
-            1
-            for key, value in variant["options"].items()
-            if value != item["options"].get(key)
-            and re.search(rf"\b{re.escape(value.lower())}\b", lowered)
-        )
-        same = sum(1 for k, v in variant["options"].items() if item["options"].get(k) == v)
-        if named and (best is None or (named, same) > best[:2]):
-            best = (named, same, variant["item_id"])
-    return best[2] if best else None
+        changed = [k for k, v in variant["options"].items() if item["options"].get(k) != v]
+        if changed and all(
+            re.search(rf"\b{re.escape(str(variant['options'][k]).lower())}\b", lowered)
+            for k in changed
+        ):
+            found.append((len(changed), variant))
+    if not found:
+        return None
+    most = max(n for n, _ in found)
+    best = [v for n, v in found if n == most]
+    if len(best) != 1 or not best[0]["available"]:
+        return None
+    return str(best[0]["item_id"])
 
 
-def refund_method(text: str, customer: dict[str, Any], original: str | None) -> str:
+def refund_method(text: str, customer: dict[str, Any], original: str | None) -> str | None:
+    """Where a refund goes: the original payment method, or the customer's gift card when they
+    ask for it; None when they ask for another method, which the policy does not allow."""
+    methods: dict[str, dict[str, Any]] = customer["payment_methods"]
     if "gift card" in text.lower():
-        cards = [str(m) for m in customer["payment_methods"] if m.startswith("gift_card_")]
+        cards = [m for m in methods if m.startswith("gift_card_")]
         if cards:
             return cards[0]
-    return original or str(next(iter(customer["payment_methods"])))
+    asked = named_payment_method(text, customer, original)
+    if asked is not None and not asked.startswith("gift_card_"):
+        return None
+    return original or str(next(iter(methods)))
 
 
-def named_payment_method(text: str, customer: dict[str, Any]) -> str | None:
+def named_payment_method(
+    text: str, customer: dict[str, Any], current: str | None = None
+) -> str | None:
+    """The one payment method of the customer's the message names, other than ``current``."""
     lowered = text.lower()
     methods: dict[str, dict[str, Any]] = customer["payment_methods"]
-    last_four = re.search(r"\b(?:ending|ends)(?: in| with)? (\d{4})\b", lowered)
+    named = []
     for method_id, method in methods.items():
-        if last_four and method.get("last_four") == last_four.group(1):
-            return method_id
-    for word, prefix in (("paypal", "paypal_"), ("gift card", "gift_card_")):
-        if word in lowered:
-            return next((m for m in methods if m.startswith(prefix)), None)
-    for method_id, method in methods.items():
-        if method.get("brand") and method["brand"].lower() in lowered:
-            return method_id
-    return None
+        last_four = method.get("last_four")
+        brand = str(method.get("brand", "")).lower()
+        source = method.get("source", method_id.rsplit("_", 1)[0])
+        if (
+            (last_four and re.search(rf"\b{last_four}\b", lowered))
+            or (source == "paypal" and "paypal" in lowered)
+            or (source == "gift_card" and "gift card" in lowered)
+            or (
+                brand
+                and re.search(rf"\b{re.escape(brand)}\b", lowered)
+                and not re.search(r"\b\d{4}\b", lowered)
+            )
+        ):
+            named.append(method_id)
+    others = [m for m in named if m != current]
+    if len(others) > 1:
+        by_digits = [m for m in others if (d := methods[m].get("last_four")) and d in lowered]
+        others = by_digits or others
+    return others[0] if len(others) == 1 else None
 
 
 def parse_address(text: str) -> dict[str, str] | None:
@@ -504,6 +647,11 @@ BLOCKED_REPLIES = {
     "tell me the exact colour, size or other option you would like.",
     "no_address": "Please send the full new address (street, city, state and zip code).",
     "no_payment_method": "Please tell me which of the payment methods on your account to use.",
+    "gift_card_balance": "Your gift card's balance does not cover the order's total, so I cannot "
+    "move the whole payment to it; the order stays on its current payment method.",
+    "refund_method": "Refunds go back to the payment method you paid with, or to a gift card on "
+    "your account; I cannot send them to another card. Please tell me which of the two you "
+    "prefer and I will go ahead.",
 }
 HANDOVER_REPLY = (
     "I'm sorry about this. I have passed your ticket to a member of our support team, who will "
