@@ -138,8 +138,8 @@ def up(
     demo: Annotated[
         bool | None,
         typer.Option(
-            help="Load the small demo store into an empty CRM (default: only when PostgreSQL "
-            "is embedded)."
+            help="Load the demo store and knowledge base into an empty CRM and knowledge base "
+            "(default: only when PostgreSQL is embedded)."
         ),
     ] = None,
 ) -> None:
@@ -162,11 +162,49 @@ def up(
         if demo:
             asyncio.run(load_demo_store(ready))
         try:
-            _run(run_up(ready, host or ready.host, offset, started))
+            _run(run_up(ready, host or ready.host, offset, started, demo))
         except PortInUse as exc:
             print(f"supportmesh up: {exc}", file=sys.stderr)
             raise typer.Exit(3) from exc
     print("SupportMesh stopped.", file=sys.stderr)
+
+
+@app.command()
+def handle(
+    ticket_id: Annotated[int, typer.Argument(help="The ticket to handle.")],
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Resume a ticket waiting for approval: the approval's id. The decision is read "
+            "from the approvals server, not given here."
+        ),
+    ] = None,
+) -> None:
+    """Run one ticket through the orchestrator against the servers of a running `up`,
+    printing each step as it finishes. Exit code 0 once resolved, 4 while it waits for a
+    human's approval (resume it with --resume APPROVAL_ID once decided)."""
+    import asyncio
+
+    from rich.console import Console
+
+    from clients.handle import handle_ticket
+    from clients.mesh import read_mesh
+
+    settings = _settings("WARNING")
+    mesh = read_mesh(settings.data_dir.resolve())
+    if mesh is None:
+        print(
+            f"supportmesh handle: no running mesh in {settings.data_dir} (start `supportmesh "
+            "up`, or set SUPPORTMESH_DATA_DIR to its data directory)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    settings = settings.model_copy(
+        update={"postgres_url": mesh.backends["SUPPORTMESH_POSTGRES_URL"] or None}
+    )
+    resolved = asyncio.run(handle_ticket(settings, mesh, ticket_id, resume, Console()))
+    if not resolved:
+        raise typer.Exit(4)
 
 
 token_app = typer.Typer(help="Bearer tokens for the HTTP transport.", no_args_is_help=True)

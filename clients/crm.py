@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from clients import demo_data
 from schemas.crm import Store
 from servers.crm import server as crm
 from servers.crm import store
@@ -40,11 +41,11 @@ async def load_demo_store(settings: Settings) -> None:
         if empty is None:
             await store.load_store(
                 records,
-                read_store(crm.DEMO_STORE / "db.json"),
-                (crm.DEMO_STORE / "policy.md").read_text(),
+                read_store(demo_data.STORE / "db.json"),
+                (demo_data.STORE / "policy.md").read_text(),
             )
             print(
-                f"Loaded the demo store into the empty CRM ({crm.DEMO_STORE}); "
+                f"Loaded the demo store into the empty CRM ({demo_data.STORE}); "
                 "load your own with `supportmesh crm load PATH`.",
                 flush=True,
             )

@@ -172,3 +172,17 @@ def print_hits(console: Console, hits: list[dict[str, Any]]) -> None:
         )
         snippet = " ".join(hit["text"].split())
         console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", highlight=False)
+
+
+async def load_demo_articles(client: Client[Any], console: Console) -> None:
+    """The demo knowledge base, if the knowledge server holds no article yet."""
+    from clients import demo_data
+
+    page = await client.call_tool("list_articles", {"limit": 1})
+    if page.structured_content and page.structured_content["articles"]:
+        return
+    totals = await ingest_with_progress(client, read_articles(demo_data.ARTICLES), "demo", console)
+    console.print(
+        f"Loaded the demo knowledge base ({demo_data.ARTICLES}): {totals['indexed']} articles.",
+        highlight=False,
+    )

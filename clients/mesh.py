@@ -123,9 +123,12 @@ async def serve_http(
         await asyncio.Event().wait()
 
 
-async def run_up(settings: Settings, host: str, port_offset: int | None, started: float) -> None:
+async def run_up(
+    settings: Settings, host: str, port_offset: int | None, started: float, demo: bool = False
+) -> None:
     """Serve every server on HTTP until cancelled: on its own port plus ``port_offset``, or on
-    free ports when ``port_offset`` is None."""
+    free ports when ``port_offset`` is None. ``demo``: load the demo knowledge base into an
+    empty knowledge server first."""
     urls: dict[str, str] = {}
     work_here(*SERVERS)  # one Celery worker in this process runs every server's tasks
     # Every server is built (its tasks imported) before the first one starts that worker: a
@@ -137,9 +140,24 @@ async def run_up(settings: Settings, host: str, port_offset: int | None, started
             sock = _listen(name, host, port)
             serving = _serving(servers[name], settings, entry.needs, host, sock)
             urls[name] = await stack.enter_async_context(serving)
+        if demo:
+            await _load_demo_articles(settings, urls["knowledge"])
         stack.enter_context(_mesh_file(settings, urls))
         _print_mesh(settings, urls, time.monotonic() - started)
         await asyncio.Event().wait()
+
+
+async def _load_demo_articles(settings: Settings, url: str) -> None:
+    from fastmcp import Client
+    from rich.console import Console
+
+    from clients.kb import load_demo_articles
+    from schemas.roles import Role
+    from servers.runtime.auth import issue_token
+
+    bearer = issue_token(settings, Role.ADMIN, "supportmesh-up", ttl_seconds=3600)
+    async with Client(url, auth=bearer) as client:
+        await load_demo_articles(client, Console(stderr=True))
 
 
 def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> None:

@@ -22,15 +22,19 @@ ORDER_ID = re.compile(r"#?\b(W\d{7})\b", re.I)
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 ZIP = re.compile(r"\b(\d{5})(?:-\d{4})?\b")
 NAME = re.compile(
-    r"\b(?:my name is|this is|i am|i'm)\s+([A-Z][a-z'-]+)\s+([A-Z][a-z'-]+)", re.I | re.M
+    r"\b(?:my name is|this is|i am|i'm|it'?s)\s+([A-Z][a-z'-]+)\s+([A-Z][a-z'-]+)"
+    r"|^(?:(?:hi|hey|hello)\W+)?([A-Z][a-z'-]+)\s+([A-Z][a-z'-]+)\s+here\b"
+    r"|\b([A-Z][a-z'-]+)\s+([A-Z][a-z'-]+),?\s+(?:zip|zip code)\b",
+    re.I | re.M,
 )
 STREET = (
     r"\d+\s+[\w .'-]+?\s(?:st|street|ave|avenue|rd|road|ln|lane|blvd|boulevard|dr|drive|way|"
     r"ct|court|pl|place|ter|terrace|pkwy|parkway|cir|circle|hwy|highway)\.?"
+    r"(?:\s+(?:n|s|e|w|ne|nw|se|sw)\b\.?)?"
 )
 ADDRESS = re.compile(
     rf"(?P<address1>{STREET})\s*,?\s*(?:(?P<address2>(?:apt|apartment|suite|unit|#)\.?\s*[\w-]+)\s*,?\s*)?"
-    r"(?P<city>[A-Za-z][A-Za-z .'-]+?)\s*,\s*(?P<state>[A-Z]{2})\s*,?\s*(?P<zip>\d{5})",
+    r"(?P<city>[A-Za-z][A-Za-z .'-]+?)\s*,?\s+(?P<state>[A-Z]{2})\s*,?\s*(?P<zip>\d{5})",
     re.I,
 )
 
@@ -52,8 +56,8 @@ CUES: dict[str, str] = {
     r"(?:default |profile |account |home )?address|\baddress (?:on|in) (?:my )?(?:account|profile)",
     "modify_payment": r"\bpayment method|\bpay (?:with|using|by|for it with)|\bcharge (?:it |this |"
     r"the order )?to\b|\buse my (?:paypal|gift card|card|visa|mastercard)(?![^.]*\bdiff)"
-    r"|\bswitch (?:the )?payment|\bcharge my (?:visa|mastercard|amex|discover|card|credit card|"
-    r"paypal|gift card)|\bswitch (?:it|the order|this) to my",
+    r"|\bswitch (?:the )?payment(?! from)|\bswitch (?:it|the order|this) to my"
+    r"|\bcharge my (?:visa|mastercard|amex|discover|card|credit card|paypal|gift card)",
     "order_status": r"\bwhere(?:'s| is) my|\bstatus\b|\btrack\w*|\bhas(?:n'?t| not) (?:arrived|"
     r"shipped|come)|\bwhen will\b|\bnot (?:yet )?(?:arrived|received)|\bstill waiting"
     r"|\bwhat'?s happening|\bany update|\bhaven'?t heard",
@@ -63,7 +67,8 @@ CUES: dict[str, str] = {
 # An item change asked for in passing ("in clear instead of black"): counts only when nothing
 # stronger is asked.
 WEAK_EXCHANGE = re.compile(
-    r"\binstead of\b|\bchange (?:the \w+ |it |them )?(?:to|for|from)\b|\bi need (?:size|a size)",
+    r"\binstead\b|\bswitch (?:it |them )?from\b|\bmake (?:it|them) (?:the |a )?"
+    r"|\bchange (?:the \w+ |it |them )?(?:to|for|from)\b|\bi need (?:size|a size)",
     re.I,
 )
 # A cue in a sentence that reports or asks about the past is not a request: "an order was
@@ -165,7 +170,7 @@ def triage(text: str) -> Triage:
     found: list[tuple[int, str]] = []
     for intent, cue in CUES.items():
         for match in re.finditer(cue, searched):
-            if intent in ACTIONABLE and not _requested(lowered, offset + match.start()):
+            if intent in ACTIONABLE and not _requested(lowered, offset + match.start(), intent):
                 continue
             found.append((offset + match.start(), intent))
             break
@@ -215,10 +220,17 @@ def triage(text: str) -> Triage:
         order_ids=list(dict.fromkeys(f"#{m.upper()}" for m in ORDER_ID.findall(text))),
         emails=list(dict.fromkeys(e.lower() for e in EMAIL.findall(text))),
         zip=_zip(text),
-        name=(name.group(1).title(), name.group(2).title()) if name else None,
+        name=_name(name),
         injection=bool(INJECTION.search(text)),
         confidence=1.0 if len(actionable) == 1 else 0.6 if actionable else 0.8,
     )
+
+
+def _name(match: re.Match[str] | None) -> tuple[str, str] | None:
+    if match is None:
+        return None
+    first, last = [g for g in match.groups() if g][:2]
+    return first.title(), last.title()
 
 
 def _zip(text: str) -> str | None:
@@ -234,8 +246,9 @@ def _zip(text: str) -> str | None:
     return None
 
 
-def _requested(lowered: str, at: int) -> bool:
-    """Whether the cue at ``at`` asks for something, rather than reporting or asking about it."""
+def _requested(lowered: str, at: int, intent: str) -> bool:
+    """Whether the cue at ``at`` asks for something, rather than reporting or asking about it;
+    a payment method named for a price difference is not a change of the order's payment."""
     start = max(lowered.rfind(mark, 0, at) for mark in (".", "!", "?", "\n")) + 1
     end = min(
         (i for i in (lowered.find(m, at) for m in (".", "!", "?", "\n")) if i >= 0),
@@ -243,6 +256,8 @@ def _requested(lowered: str, at: int) -> bool:
     )
     sentence = lowered[start : end + 1]
     if NOT_A_REQUEST.search(lowered[start:at]):
+        return False
+    if intent == "modify_payment" and re.search(r"\bdiff|price is different", sentence):
         return False
     return not STATUS_QUESTION.match(sentence)
 

@@ -53,6 +53,23 @@ def thread(ticket_id: int) -> RunnableConfig:
     return {"configurable": {"thread_id": str(ticket_id)}}
 
 
+async def steps(
+    graph: CompiledStateGraph[TicketState, RunContext, TicketState, TicketState],
+    ticket_id: int,
+    context: RunContext,
+    *,
+    resume: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[str, Any]]:
+    """Start or resume the ticket's run, yielding (node, what it wrote) as each node finishes;
+    a pause for a human's decision comes as ("__interrupt__", its requests)."""
+    start: Any = Command(resume=resume) if resume is not None else {"ticket_id": ticket_id}
+    async for update in graph.astream(
+        start, thread(ticket_id), context=context, durability="sync", stream_mode="updates"
+    ):
+        for node, written in update.items():
+            yield node, written
+
+
 async def handle(
     graph: CompiledStateGraph[TicketState, RunContext, TicketState, TicketState],
     ticket_id: int,

@@ -4,6 +4,7 @@ Built once in ``main()`` (or a test fixture) and passed down; never read at impo
 backend whose URL is unset runs embedded under ``data_dir`` (see ``backends.py``).
 """
 
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -110,6 +111,17 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."
+    )
+    approval_threshold: Decimal = Field(
+        Decimal("250"),
+        ge=0,
+        description="The orchestrator asks a human to approve a refund above this amount.",
+    )
+    vip_lifetime_spend: Decimal = Field(
+        Decimal("1500"),
+        ge=0,
+        description="Customers who spent this much are VIPs: any refund of theirs is approved "
+        "by a human.",
     )
 
 

@@ -63,13 +63,14 @@ async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> Non
         assert f"{name:<10} {url}" in printed
     assert '"mcpServers"' in printed and '"supportmesh-crm"' in printed
     assert "Loaded the demo store" in printed
+    assert "Loaded the demo knowledge base" in printed
     bearer = issue(up.env, "agent")
     async with Client(servers["ticketing"], auth=bearer) as client:
         made = await client.call_tool("create_ticket", {"subject": "Hello", "description": "d"})
         assert made.structured_content and made.structured_content["status"] == "new"
     async with Client(servers["crm"], auth=bearer) as client:
-        found = await client.call_tool("find_customer", {"email": "ada.quill@example.org"})
-        assert found.structured_content == {"customer_id": "ada_quill_1001"}
+        found = await client.call_tool("find_customer", {"email": "camila.souza@example.com"})
+        assert found.structured_content == {"customer_id": "camila_souza_1459"}
     # Background work runs in up's one worker for every server, not only the first to start:
     # an approval past its expiry is recorded as expired by the approvals sweep.
     async with Client(servers["approvals"], auth=bearer) as client:
@@ -94,6 +95,43 @@ async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> Non
             assert time.monotonic() < deadline, up.log.read_text()[-3000:]
             await asyncio.sleep(0.5)
     assert "unregistered task" not in up.log.read_text()
+    up.proc.send_signal(signal.SIGINT)
+    up.proc.wait(timeout=30)
+
+
+async def test_handle_runs_a_demo_ticket_through_the_orchestrator(up: RunningUp) -> None:
+    """A customer's ticket, handled by `supportmesh handle` against the running mesh: the
+    order is cancelled in the CRM and the ticket solved with a reply."""
+    bearer = issue(up.env, "agent")
+    async with Client(up.mesh.servers["ticketing"], auth=bearer) as client:
+        made = await client.call_tool(
+            "create_ticket",
+            {
+                "subject": "cancel my yoga mat",
+                "description": "Hi, please cancel my order W5590865, I ordered it by mistake. "
+                "Thanks, Camila",
+                "customer_id": "camila_souza_1459",
+            },
+        )
+        assert made.structured_content
+        ticket_id = made.structured_content["id"]
+    done = subprocess.run(
+        [SUPPORTMESH, "handle", str(ticket_id)],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in ("intake", "triage", "research", "solution", "act", "quality", "resolve"):
+        assert step in done.stdout
+    assert "cancel_pending_order: done" in done.stdout
+    async with Client(up.mesh.servers["crm"], auth=bearer) as client:
+        order = await client.call_tool("get_order", {"order_id": "#W5590865"})
+        assert order.structured_content and order.structured_content["status"] == "cancelled"
+    async with Client(up.mesh.servers["ticketing"], auth=bearer) as client:
+        ticket = await client.call_tool("get_ticket", {"ticket_id": ticket_id})
+        assert ticket.structured_content and ticket.structured_content["status"] == "solved"
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(timeout=30)
 

@@ -1,5 +1,7 @@
-"""The offline policy on the 78 labelled tickets of ``tests/data/tickets.jsonl``, written in
-customers' words against the demo store (``clients/demo_data/store``).
+"""The offline policy on labelled tickets written in customers' words against the demo store
+(``clients/demo_data/store``): the 78 of ``tests/data/tickets.jsonl``, on which its rules were
+tuned, and the 32 of ``tickets_heldout.jsonl``, written afterwards by someone who had not read
+the rules (README, "The offline policy": its first run on them, then the fixes).
 
 The policy is pure, so the store is read from its file here, the way the CRM tools return it;
 ``bench/orchestrator.py`` runs the same tickets through the whole graph and the real servers.
@@ -21,9 +23,11 @@ from orchestrator import policy
 
 ROOT = Path(__file__).parent.parent.parent
 STORE = json.loads((ROOT / "clients" / "demo_data" / "store" / "db.json").read_text())
+SETS = ("tickets", "tickets_heldout")
 TICKETS = [
-    json.loads(line)
-    for line in (ROOT / "tests" / "data" / "tickets.jsonl").read_text().splitlines()
+    {**json.loads(line), "set": name}
+    for name in SETS
+    for line in (ROOT / "tests" / "data" / f"{name}.jsonl").read_text().splitlines()
     if line.strip()
 ]
 
@@ -126,10 +130,10 @@ def verdict(ticket: dict[str, Any]) -> Verdict:
 VERDICTS = [verdict(t) for t in TICKETS]
 
 
-def report() -> str:
-    """Per class: tickets, exact actions, escalation right, forbidden actions."""
+def report(name: str = "tickets") -> str:
+    """Per class of one set: tickets, exact actions, escalation right, forbidden actions."""
     rows = Counter[tuple[str, str]]()
-    for v in VERDICTS:
+    for v in (v for v in VERDICTS if v.ticket["set"] == name):
         cls = v.ticket["class"]
         rows[(cls, "tickets")] += 1
         rows[(cls, "exact")] += v.exact
@@ -152,7 +156,8 @@ def test_no_action_that_must_not_happen(v: Verdict) -> None:
     assert not v.forbidden, (v.ticket["message"], v.planned)
 
 
-def test_at_least_nine_in_ten_expected_actions_are_exactly_right() -> None:
-    acting = [v for v in VERDICTS if v.expected["action"]]
+@pytest.mark.parametrize("name", SETS)
+def test_at_least_nine_in_ten_expected_actions_are_exactly_right(name: str) -> None:
+    acting = [v for v in VERDICTS if v.expected["action"] and v.ticket["set"] == name]
     wrong = [(v.ticket["id"], v.planned.tool, v.planned.blocked) for v in acting if not v.exact]
-    assert len(acting) - len(wrong) >= 0.9 * len(acting), (report(), wrong)
+    assert len(acting) - len(wrong) >= 0.9 * len(acting), (report(name), wrong)

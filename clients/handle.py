@@ -1,0 +1,80 @@
+"""What ``supportmesh handle`` does: run one ticket through the orchestrator's graph against the
+servers of a running ``supportmesh up``, printing each step as it finishes.
+
+The graph reaches the servers over MCP at the URLs ``up`` recorded in ``DATA_DIR/mesh.json``,
+as the agent ``orchestrator`` (a token signed with the mesh's key), and checkpoints in the
+mesh's PostgreSQL: a ticket paused for approval is resumed later, by any process, with
+``--resume APPROVAL_ID``.
+"""
+
+from typing import Any
+
+from rich.console import Console
+
+from clients.mesh import Mesh
+from orchestrator.graph import RunContext, build_graph
+from orchestrator.mesh import open_mesh
+from orchestrator.policy import Limits
+from orchestrator.run import postgres_checkpointer, steps
+from schemas.roles import Role
+from servers.runtime.auth import issue_token
+from servers.runtime.settings import Settings
+
+ACTOR = "orchestrator"
+
+
+def describe(node: str, written: Any) -> str:
+    """One line on what a node decided."""
+    if node == "__interrupt__":
+        request = written[0].value
+        action = request["action_requests"][0]
+        return f"waiting for approval {request['approval_id']}: {action['description']}"
+    if not isinstance(written, dict):
+        return ""
+    if node == "triage":
+        return f"intent {written['triage']['intent']}, customer {written.get('customer_id')}"
+    if node == "solution" and written.get("plan"):
+        plan = written["plan"]
+        return f"action {plan['tool']}" if plan["tool"] else f"no action: {plan['blocked']}"
+    if node == "act":
+        return f"{written['outcome']['tool']}: {written['outcome']['status']}"
+    if node == "quality":
+        return "; ".join(written["quality"]["problems"]) or "reply ok"
+    if node == "resolve":
+        return str(written["decisions"][-1]["detail"])
+    if node == "research":
+        return ", ".join(
+            f"{k}: {'error' if v.get('error') else 'ok'}"
+            for k, v in written.get("evidence", {}).items()
+        )
+    return ""
+
+
+async def handle_ticket(
+    settings: Settings, mesh: Mesh, ticket_id: int, resume: str | None, console: Console
+) -> bool:
+    """Run (or resume) the ticket; True once it is resolved, False while it waits."""
+    assert settings.postgres_url
+    limits = Limits(settings.approval_threshold, settings.vip_lifetime_spend)
+    bearer = issue_token(settings, Role.AGENT, ACTOR)
+    waiting = False
+    async with (
+        postgres_checkpointer(settings.postgres_url) as saver,
+        open_mesh(mesh.servers, bearer) as servers,
+    ):
+        graph = build_graph(saver)
+        run = steps(
+            graph,
+            ticket_id,
+            RunContext(servers, limits),
+            resume={"approval_id": resume} if resume else None,
+        )
+        async for node, written in run:
+            waiting = waiting or node == "__interrupt__"
+            console.print(f"[bold]{node:<17}[/bold] {describe(node, written)}", highlight=False)
+        if not waiting:
+            state = await graph.aget_state({"configurable": {"thread_id": str(ticket_id)}})
+            reply = (state.values.get("reply") or {}).get("text")
+            if reply:
+                console.print(f"\n{reply}", highlight=False)
+    return not waiting
