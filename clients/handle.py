@@ -14,6 +14,7 @@ from rich.console import Console
 from clients.mesh import Mesh
 from orchestrator.graph import RunContext, build_graph
 from orchestrator.mesh import open_mesh
+from orchestrator.model import chat_model
 from orchestrator.policy import Limits
 from orchestrator.run import postgres_checkpointer, steps
 from schemas.roles import Role
@@ -66,7 +67,7 @@ async def handle_ticket(
         run = steps(
             graph,
             ticket_id,
-            RunContext(servers, limits),
+            RunContext(servers, limits, chat_model(settings)),
             resume={"approval_id": resume} if resume else None,
         )
         async for node, written in run:

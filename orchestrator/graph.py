@@ -17,6 +17,7 @@ value only says which approval to look at.
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -25,6 +26,7 @@ from langgraph.types import Checkpointer, Command, RetryPolicy, Send, interrupt
 
 from orchestrator import policy
 from orchestrator.mesh import Calls, Mesh, ToolFailed, Unavailable
+from orchestrator.model import READ_TOOLS, WRITE_TOOLS, propose
 from orchestrator.state import (
     Decision,
     Evidence,
@@ -42,10 +44,12 @@ RETRY = RetryPolicy(retry_on=Unavailable, max_attempts=6, initial_interval=0.5, 
 
 @dataclass
 class RunContext:
-    """What every node of a run is given besides the state: the mesh and the store's limits."""
+    """What every node of a run is given besides the state: the mesh, the store's limits, and
+    the chat model that decides (None: the offline policy decides)."""
 
     mesh: Mesh
     limits: policy.Limits
+    model: BaseChatModel | None = None
 
 
 def decision(state: TicketState, node: str, what: str, detail: str) -> Decision:
@@ -250,25 +254,37 @@ async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str
         customer = await calls.call("get_customer", customer_id=state["customer_id"])
     update: dict[str, Any] = {}
     if planned is None:
-        products = {}
-        if found["intent"] == "exchange":
-            for product_id in {i["product_id"] for o in orders for i in o["items"]}:
-                products[product_id] = await calls.call("get_product", product_id=product_id)
-        chosen = policy.plan(
-            policy.Triage(**{**found, "name": tuple(found["name"]) if found["name"] else None}),
-            state["text"],
-            customer,
-            orders,
-            products,
-            runtime.context.limits,
+        found_now = policy.Triage(
+            **{**found, "name": tuple(found["name"]) if found["name"] else None}
         )
+        model = runtime.context.model
+        if model is not None:
+            # The model may read (CRM, knowledge, memory) and propose one write; no other tool.
+            mesh = runtime.context.mesh
+            allowed = [n for n in (*READ_TOOLS, *WRITE_TOOLS) if n in mesh.tools_by_name]
+            tools = {t.name: t for t in mesh.tools(allowed)}
+            proposal, conversation = await propose(
+                model, tools, state.get("customer_id"), state["text"]
+            )
+            update["messages"] = conversation[2:]  # its turns and the tools' answers
+            chosen = policy.proposed_plan(
+                proposal, found_now, customer, orders, runtime.context.limits
+            )
+        else:
+            products = {}
+            if found["intent"] == "exchange":
+                for product_id in {i["product_id"] for o in orders for i in o["items"]}:
+                    products[product_id] = await calls.call("get_product", product_id=product_id)
+            chosen = policy.plan(
+                found_now, state["text"], customer, orders, products, runtime.context.limits
+            )
         planned = chosen.as_state()
         update["plan"] = planned
         update["decisions"] = [
             decision(
                 state,
                 "solution",
-                "action",
+                "action" if model is None else "action (model)",
                 f"{chosen.tool}({chosen.arguments})" if chosen.tool else f"none: {chosen.blocked}",
             )
         ]

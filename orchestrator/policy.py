@@ -355,33 +355,15 @@ def plan(
         ),
         None,
     )
-    spend = lifetime_spend(orders)
-    vip = spend >= limits.vip_lifetime_spend
     if intent == "cancel":
-        paid = sum(
-            (
-                Decimal(str(p["amount"]))
-                for p in order["payment_history"]
-                if p["transaction_type"] == "payment"
-            ),
-            Decimal("0"),
-        )
-        refunded = sum(
-            (
-                Decimal(str(p["amount"]))
-                for p in order["payment_history"]
-                if p["transaction_type"] == "refund"
-            ),
-            Decimal("0"),
-        )
+        refund = _paid(order)
         reason = "ordered by mistake" if "mistak" in text.lower() else "no longer needed"
         result = Plan(
             tool="cancel_pending_order",
             arguments={"order_id": order["order_id"], "reason": reason},
             order_id=order["order_id"],
-            amount=paid - refunded,
-            summary=f"cancel order {order['order_id']} ({reason}), "
-            f"refunding ${paid - refunded:.2f}",
+            amount=refund,
+            summary=f"cancel order {order['order_id']} ({reason}), refunding ${refund:.2f}",
             facts=facts,
         )
     elif intent in ("return", "exchange", "modify_items"):
@@ -460,16 +442,77 @@ def plan(
             summary=f"pay order {order['order_id']} with {chosen_method}",
             facts=facts,
         )
-    if result.tool in REFUNDING:
-        if result.amount > limits.approval_threshold:
-            result.needs_approval = (
-                f"refund of ${result.amount:.2f} is above ${limits.approval_threshold}"
-            )
-        elif vip:
-            result.needs_approval = f"VIP customer (lifetime spend ${spend:.2f})"
-    if found.confidence < 1.0 and result.needs_approval is None and result.tool in REFUNDING:
+    return with_approval(result, found, orders, limits)
+
+
+def with_approval(
+    result: Plan, found: Triage, orders: list[dict[str, Any]], limits: Limits
+) -> Plan:
+    """``result``, marked for a human's approval where the policy asks for one: a refund above
+    the threshold, any refund of a VIP, a refund taken from a message that asks several things."""
+    if result.tool not in REFUNDING:
+        return result
+    spend = lifetime_spend(orders)
+    if result.amount > limits.approval_threshold:
+        result.needs_approval = (
+            f"refund of ${result.amount:.2f} is above ${limits.approval_threshold}"
+        )
+    elif spend >= limits.vip_lifetime_spend:
+        result.needs_approval = f"VIP customer (lifetime spend ${spend:.2f})"
+    elif found.confidence < 1.0:
         result.needs_approval = "the message asks for more than one thing"
     return result
+
+
+def proposed_plan(
+    proposal: dict[str, Any] | None,
+    found: Triage,
+    customer: dict[str, Any] | None,
+    orders: list[dict[str, Any]],
+    limits: Limits,
+) -> Plan:
+    """A model's proposed write, checked the way the offline policy's own are: a human's
+    matter, an unidentified customer or another customer's record is no action; a refund is
+    priced from the CRM's facts, not the model's words, and gated for approval."""
+    if found.handover:
+        return Plan(blocked=f"handover:{found.handover}")
+    if proposal is None:
+        return Plan(blocked="no_action_needed")
+    if customer is None:
+        return Plan(blocked="unidentified")
+    tool, arguments = proposal["tool"], proposal["arguments"]
+    own = {o["order_id"]: o for o in orders}
+    order = own.get(arguments.get("order_id", ""))
+    if "order_id" in arguments and order is None:
+        return Plan(blocked="not_their_order")
+    if arguments.get("customer_id", customer["customer_id"]) != customer["customer_id"]:
+        return Plan(blocked="not_their_order")
+    amount = Decimal("0")
+    if order is not None and tool == "cancel_pending_order":
+        amount = _paid(order)
+    elif order is not None and tool == "return_delivered_order_items":
+        prices = {i["item_id"]: Decimal(str(i["price"])) for i in order["items"]}
+        amount = sum(
+            (prices.get(i, Decimal("0")) for i in arguments.get("item_ids", [])), Decimal("0")
+        )
+    result = Plan(
+        tool=tool,
+        arguments=arguments,
+        order_id=order["order_id"] if order else None,
+        amount=amount,
+        summary=f"{tool.replace('_', ' ')} ({', '.join(f'{k}={v}' for k, v in arguments.items())})",
+        facts=[order_fact(order)] if order else [],
+    )
+    return with_approval(result, found, orders, limits)
+
+
+def _paid(order: dict[str, Any]) -> Decimal:
+    """What the customer paid for the order, less what was refunded."""
+    total = Decimal("0")
+    for entry in order["payment_history"]:
+        sign = 1 if entry["transaction_type"] == "payment" else -1
+        total += sign * Decimal(str(entry["amount"]))
+    return total
 
 
 def choose_order(

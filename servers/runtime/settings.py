@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."
     )
+    model: str | None = Field(
+        None,
+        description="The chat model the orchestrator decides with (with ANTHROPIC_API_KEY, "
+        "default claude-sonnet-4-5; with model_base_url, the endpoint's model name).",
+    )
+    model_base_url: str | None = Field(
+        None,
+        description="An OpenAI-compatible endpoint (a local Ollama or vLLM, e.g. "
+        "http://127.0.0.1:11434/v1); unset, and no ANTHROPIC_API_KEY: the offline policy.",
+    )
     approval_threshold: Decimal = Field(
         Decimal("250"),
         ge=0,

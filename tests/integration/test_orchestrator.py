@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 from fastmcp import Client
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, ToolMessage
 
 from orchestrator.graph import RunContext, build_graph
 from orchestrator.mesh import open_mesh
@@ -50,12 +52,21 @@ async def new_ticket(agent: Client[Any], customer_id: str | None, subject: str, 
     return int(created.structured_content["id"])
 
 
+class ScriptedModel(FakeMessagesListChatModel):
+    """A chat model that says what it is told to, tool calls included (langchain-core's fakes
+    refuse ``bind_tools``; this one keeps its script whatever tools it is given)."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
 async def run(
     settings: Settings,
     urls: dict[str, str],
     ticket_id: int,
     limits: Limits,
     resume: dict[str, Any] | None = None,
+    model: ScriptedModel | None = None,
 ) -> dict[str, Any]:
     """One run of the ticket, as a fresh process would do it: new sessions, a new saver."""
     assert settings.postgres_url
@@ -64,7 +75,7 @@ async def run(
         open_mesh(urls, token(settings, Role.AGENT, "orchestrator")) as mesh,
     ):
         graph = build_graph(saver)
-        return await handle(graph, ticket_id, RunContext(mesh, limits), resume=resume)
+        return await handle(graph, ticket_id, RunContext(mesh, limits, model), resume=resume)
 
 
 async def count(settings: Settings, sql: str, *args: Any) -> int:
@@ -209,3 +220,49 @@ async def test_an_order_of_another_customer_is_never_touched(
     assert await order_status(demo_store, "#W9000001") == "pending"
     assert "Harbour Lane" not in state["reply"]["text"]
     assert "#W9000001" not in state["reply"]["text"]
+
+
+def call(name: str, **args: Any) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call-{name}"}])
+
+
+async def test_a_model_s_tool_calls_reach_the_servers_and_its_proposal_is_gated(
+    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
+) -> None:
+    """The model reads through the real servers (a wrong order id comes back to it as an error
+    it can correct), and its proposed write is priced from the CRM and gated like any other."""
+    model = ScriptedModel(
+        responses=[
+            call("get_order", order_id="#W0000000"),
+            call("get_order", order_id="#W9000004"),
+            call(
+                "return_delivered_order_items",
+                order_id="#W9000004",
+                item_ids=["2000000021"],
+                payment_method_id="paypal_9000003",
+            ),
+        ]
+    )
+    ticket_id = await new_ticket(
+        agent, "ben_ortiz_1002", "Lamp", "My desk lamp flickers, I want to send it back."
+    )
+    state = await run(settings, urls, ticket_id, Limits(), model=model)
+    answers = [m for m in state["messages"] if isinstance(m, ToolMessage)]
+    assert answers[0].status == "error" and "not_found" in str(answers[0].content)
+    assert answers[1].status == "success" and "#W9000004" in str(answers[1].content)
+    assert state["plan"]["tool"] == "return_delivered_order_items"
+    assert state["plan"]["amount"] == "89.99"
+    assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
+    assert await order_status(demo_store, "#W9000004") == "return requested"
+
+
+async def test_a_model_cannot_act_on_another_customer_s_order(
+    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
+) -> None:
+    model = ScriptedModel(
+        responses=[call("cancel_pending_order", order_id="#W9000001", reason="no longer needed")]
+    )
+    ticket_id = await new_ticket(agent, "cleo_park_1003", "Cancel", "Cancel order #W9000001.")
+    state = await run(settings, urls, ticket_id, Limits(), model=model)
+    assert state["plan"]["tool"] is None and state["plan"]["blocked"] == "not_their_order"
+    assert await order_status(demo_store, "#W9000001") == "pending"
