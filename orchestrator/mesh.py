@@ -11,14 +11,16 @@ back as ``ToolFailed`` carrying the server's ``code: field: reason``; ``unavaila
 server that cannot be reached) is ``Unavailable``, the one error nodes retry.
 """
 
+import asyncio
 import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import httpx
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
@@ -29,13 +31,14 @@ from langchain_mcp_adapters.tools import load_mcp_tools
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CONNECTION_CLOSED, CallToolResult, TextContent
 from opentelemetry import propagate, trace
 from referencing import Registry
 
 from orchestrator.state import Metrics
 from schemas.errors import ErrorCode
 
+T = TypeVar("T")
 SERVERS = ("ticketing", "crm", "knowledge", "memory", "approvals")
 CALL_TIMEOUT = timedelta(seconds=60)
 
@@ -90,11 +93,106 @@ def _error_text(result: CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, TextContent)) or "error"
 
 
+async def _unless_ended(work: Awaitable[T], ended: asyncio.Event, what: str) -> T:
+    """``work``'s result, or ``Unavailable`` as soon as ``ended`` is set (the connection to the
+    server failed): the MCP SDK would leave the request waiting for its timeout."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(ended.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise Unavailable(what, f"unavailable: {what}: the connection failed")
+        return task.result()
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+
+
+class _WatchedTransport(httpx.AsyncHTTPTransport):
+    """An HTTP transport that reports a failed request (the server is gone) as it happens; the
+    MCP SDK would leave the call waiting for its timeout."""
+
+    def __init__(self, on_failure: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_failure = on_failure
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TransportError:
+            self.on_failure()
+            raise
+
+
+class ServerLink:
+    """One server's MCP session, held open by a task of its own.
+
+    The MCP SDK's HTTP transport fails its whole task group when a server cannot be reached,
+    and that failure would end whatever task entered it: the ticket's run. Held in a task of
+    its own, a failure ends only the session: calls waiting on it get "Connection closed"
+    (``Unavailable``), and the next call opens a new session to the server.
+    """
+
+    def __init__(self, name: str, url: str, token: str) -> None:
+        self.name = name
+        self.url = url
+        self.token = token
+        self.session: ValidatingSession | None = None
+        self._holder: asyncio.Task[None] | None = None
+        self.ended = asyncio.Event()  # set when the current session ends (or its server fails)
+        self._failure: BaseException | None = None
+
+    async def open(self) -> ValidatingSession:
+        """The live session, opening one if there is none (``Unavailable`` if it cannot)."""
+        if self.session is not None and self._holder is not None and not self.ended.is_set():
+            return self.session
+        if self._holder is not None:
+            self.ended.set()
+            await self._holder  # the old session's end, before a new one starts
+        ready = asyncio.Event()
+        self._failure = None
+        self.ended = asyncio.Event()
+        self._holder = asyncio.create_task(
+            self._hold(ready, self.ended), name=f"mcp-session-{self.name}"
+        )
+        await ready.wait()
+        if self.session is None:
+            raise Unavailable("connect", f"unavailable: {self.name}: {self._failure}")
+        return self.session
+
+    async def _hold(self, ready: asyncio.Event, closing: asyncio.Event) -> None:
+        try:
+            async with (
+                httpx.AsyncClient(
+                    transport=_WatchedTransport(closing.set),
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=httpx.Timeout(30, read=300),
+                ) as http,
+                streamable_http_client(self.url, http_client=http) as (read, write, _),
+                ValidatingSession(read, write) as session,
+            ):
+                await _unless_ended(session.initialize(), closing, self.name)
+                self.session = session
+                ready.set()
+                await closing.wait()
+        except Exception as exc:  # the transport failed: this session is over, not the run
+            self._failure = exc
+        finally:
+            self.session = None
+            ready.set()
+
+    async def close(self) -> None:
+        self.ended.set()
+        if self._holder is not None:
+            await self._holder
+
+
 @dataclass
 class Mesh:
-    """One run's sessions, one per server, and the tools they offer."""
+    """One run's links, one per server, and the tools they offer."""
 
-    sessions: dict[str, ClientSession]
+    links: dict[str, ServerLink]
     trace_id: str
     tools_by_name: dict[str, BaseTool] = field(default_factory=dict)
     server_of: dict[str, str] = field(default_factory=dict)
@@ -108,17 +206,30 @@ class Mesh:
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         """``tools/call`` on the server that offers ``name``, with the trace in ``_meta``; a
-        server that cannot be reached raises ``Unavailable``."""
-        session = self.sessions[self.server_of[name]]
+        server that cannot be reached, or whose session broke, raises ``Unavailable``."""
+        server = self.server_of[name]
+        link = self.links[server]
+        session = await link.open()
+        call = session.call_tool(
+            name,
+            arguments,
+            read_timeout_seconds=CALL_TIMEOUT,
+            meta={"traceparent": self.traceparent()},
+        )
         try:
-            return await session.call_tool(
-                name,
-                arguments,
-                read_timeout_seconds=CALL_TIMEOUT,
-                meta={"traceparent": self.traceparent()},
-            )
-        except (httpx.TransportError, McpError, OSError) as exc:
-            raise Unavailable(name, f"unavailable: {self.server_of[name]}: {exc}") from exc
+            return await _unless_ended(call, link.ended, server)
+        except McpError as exc:
+            if exc.error.code in (CONNECTION_CLOSED, httpx.codes.REQUEST_TIMEOUT):
+                raise Unavailable(name, f"unavailable: {server}: {exc}") from exc
+            raise ToolFailed(name, f"invalid_argument: {exc.error.message}") from exc
+        except (
+            httpx.TransportError,
+            OSError,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+        ) as exc:
+            link.ended.set()
+            raise Unavailable(name, f"unavailable: {server}: {exc!r}") from exc
 
     def tools(self, names: Iterable[str]) -> list[BaseTool]:
         """The LangChain tools called ``names``: what a node lets a model use, and no more."""
@@ -132,7 +243,8 @@ class Mesh:
         request: MCPToolCallRequest,
         handler: Callable[[MCPToolCallRequest], Awaitable[MCPToolCallResult]],
     ) -> MCPToolCallResult:
-        # The adapters send no request _meta: call through our session, which adds it.
+        # The adapters send no request _meta, and hold the session they were loaded from:
+        # call through our link, which adds the trace and reopens a broken session.
         return await self.call_tool(request.name, request.args)
 
 
@@ -177,24 +289,17 @@ async def open_mesh(
     urls: Mapping[str, str], token: str, *, trace_id: str | None = None
 ) -> AsyncIterator[Mesh]:
     """Sessions to the servers at ``urls`` ({server name: MCP URL}), held until the block exits."""
-    mesh = Mesh(sessions={}, trace_id=trace_id or os.urandom(16).hex())
-    async with contextlib.AsyncExitStack() as stack:
+    mesh = Mesh(links={}, trace_id=trace_id or os.urandom(16).hex())
+    try:
         for server, url in urls.items():
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=httpx.Timeout(30, read=300),
-                )
-            )
-            read, write, _ = await stack.enter_async_context(
-                streamable_http_client(url, http_client=http)
-            )
-            session = await stack.enter_async_context(ValidatingSession(read, write))
-            await session.initialize()
-            mesh.sessions[server] = session
+            link = mesh.links[server] = ServerLink(server, url, token)
+            session = await link.open()
             for tool in await load_mcp_tools(
                 session, server_name=server, tool_interceptors=[mesh._intercept]
             ):
                 mesh.tools_by_name[tool.name] = tool
                 mesh.server_of[tool.name] = server
         yield mesh
+    finally:
+        for link in mesh.links.values():
+            await link.close()

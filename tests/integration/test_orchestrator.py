@@ -4,8 +4,11 @@ The servers run as ``supportmesh serve`` subprocesses; the graph reaches them on
 as the orchestrator does in production. The decisions here are the offline policy's.
 """
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,14 +17,16 @@ from fastmcp import Client
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 
+from clients.mesh import Mesh
 from orchestrator.graph import RunContext, build_graph
 from orchestrator.mesh import open_mesh
 from orchestrator.policy import Limits
 from orchestrator.run import handle, postgres_checkpointer
 from schemas.roles import Role
 from servers.crm.store import Crm
+from servers.runtime.auth import signing_key
 from servers.runtime.settings import Settings
-from tests.conftest import token
+from tests.conftest import STARTUP_SECONDS, SUPPORTMESH, running, supportmesh_env, token
 
 
 @pytest.fixture
@@ -266,3 +271,113 @@ async def test_a_model_cannot_act_on_another_customer_s_order(
     state = await run(settings, urls, ticket_id, Limits(), model=model)
     assert state["plan"]["tool"] is None and state["plan"]["blocked"] == "not_their_order"
     assert await order_status(demo_store, "#W9000001") == "pending"
+
+
+def handle_in_a_process(
+    settings: Settings, urls: dict[str, str], data_dir: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`supportmesh handle` in a process of its own, pointed at these servers by a mesh.json."""
+    data_dir.mkdir(exist_ok=True)
+    env = supportmesh_env(settings) | {
+        "SUPPORTMESH_DATA_DIR": str(data_dir),
+        "SUPPORTMESH_AUTH_SIGNING_KEY": signing_key(settings),
+        "SUPPORTMESH_APPROVAL_THRESHOLD": "1",
+    }
+    mesh = Mesh(
+        pid=0, servers=urls, backends={"SUPPORTMESH_POSTGRES_URL": settings.postgres_url or ""}
+    )
+    (data_dir / "mesh.json").write_text(mesh.model_dump_json())
+    return subprocess.run(
+        [SUPPORTMESH, "handle", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS,
+    )
+
+
+async def test_a_paused_ticket_is_resumed_by_another_process_and_nothing_runs_twice(
+    settings: Settings,
+    urls: dict[str, str],
+    agent: Client[Any],
+    demo_store: Crm,
+    tmp_path: Path,
+) -> None:
+    """The process that paused the ticket exits; another resumes it from PostgreSQL. The steps
+    before the pause do not run again, and every write happened once."""
+    ticket_id = await new_ticket(
+        agent, "ada_quill_1001", "Cancel", "Please cancel order #W9000003, ordered by mistake."
+    )
+    first = handle_in_a_process(settings, urls, tmp_path / "a", str(ticket_id))
+    assert first.returncode == 4, first.stdout + first.stderr
+    approval_id = first.stdout.split("waiting for approval ", 1)[1].split(":", 1)[0]
+    async with Client(urls["approvals"], auth=token(settings, Role.APPROVER, "lead")) as lead:
+        await lead.call_tool("decide_approval", {"approval_id": approval_id, "decision": "approve"})
+    second = handle_in_a_process(
+        settings, urls, tmp_path / "b", str(ticket_id), "--resume", approval_id
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    ran = [line.split()[0] for line in second.stdout.splitlines() if line.strip()][:5]
+    assert ran == ["await_decision", "solution", "act", "quality", "resolve"]
+    assert await order_status(demo_store, "#W9000003") == "cancelled"
+    writes = {
+        "cancels": await count(
+            settings,
+            "SELECT count(*) FROM crm.audit WHERE tool = 'cancel_pending_order'"
+            " AND subject = 'order/#W9000003' AND actor = 'orchestrator'",
+        ),
+        "approvals asked": await count(
+            settings,
+            "SELECT count(*) FROM approvals.approvals WHERE subject = %s",
+            f"ticket:{ticket_id}",
+        ),
+        "public comments": await count(
+            settings,
+            "SELECT count(*) FROM ticketing.comments WHERE ticket_id = %s AND public",
+            ticket_id,
+        ),
+    }
+    assert writes == {"cancels": 1, "approvals asked": 1, "public comments": 2}
+
+
+async def test_a_server_down_mid_run_is_retried_and_the_run_completes_once_it_is_back(
+    settings: Settings,
+    urls: dict[str, str],
+    agent: Client[Any],
+    demo_store: Crm,
+    tmp_path: Path,
+) -> None:
+    """The CRM goes away after the run opened its sessions. The research node's CRM branch meets
+    ``unavailable``, LangGraph retries it with backoff, and once the CRM is back (a new process
+    on the same port) the run reconnects and completes."""
+    env = supportmesh_env(settings) | {"SUPPORTMESH_AUTH_SIGNING_KEY": signing_key(settings)}
+    port = int(urls["crm"].rsplit(":", 1)[1].split("/")[0]) + 1000
+    argv = [SUPPORTMESH, "serve", "crm", "--transport", "http", "--port", str(port)]
+    ready = f"http://127.0.0.1:{port}/readyz"
+    own = urls | {"crm": f"http://127.0.0.1:{port}/mcp"}
+    ticket_id = await new_ticket(
+        agent, "ben_ortiz_1002", "Lamp", "Please return the Desk Lamp from order #W9000004."
+    )
+    assert settings.postgres_url
+    with running(argv, env, ready, tmp_path / "crm-1.log") as first:
+        async with (
+            postgres_checkpointer(settings.postgres_url) as saver,
+            open_mesh(own, token(settings, Role.AGENT, "orchestrator")) as mesh,
+        ):
+            first.kill()  # gone before the run's first CRM call
+            first.wait()
+
+            async def back_in_two_seconds() -> None:
+                await asyncio.sleep(2)
+                with running(argv, env, ready, tmp_path / "crm-2.log"):
+                    await asyncio.sleep(60)
+
+            comeback = asyncio.create_task(back_in_two_seconds())
+            try:
+                state = await handle(build_graph(saver), ticket_id, RunContext(mesh, Limits()))
+            finally:
+                comeback.cancel()
+    # Only the CRM that came back could have carried out the return.
+    assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
+    assert await order_status(demo_store, "#W9000004") == "return requested"
+    assert (tmp_path / "crm-2.log").exists()
