@@ -56,7 +56,9 @@ async def handle_ticket(
 ) -> bool:
     """Run (or resume) the ticket; True once it is resolved, False while it waits."""
     assert settings.postgres_url
-    limits = Limits(settings.approval_threshold, settings.vip_lifetime_spend)
+    limits = Limits(
+        settings.approval_threshold, settings.vip_lifetime_spend, settings.approval_expires_seconds
+    )
     bearer = issue_token(settings, Role.AGENT, ACTOR)
     waiting = False
     async with (

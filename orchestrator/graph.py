@@ -339,6 +339,7 @@ async def request_approval(state: TicketState, runtime: Runtime[RunContext]) -> 
         amount=planned["amount"],
         currency="USD",
         reason=f"{planned['summary']}: {planned['needs_approval']}",
+        expires_in_seconds=runtime.context.limits.approval_expires_seconds,
         idempotency_key=write_key(state, "request_approval", "request_approval"),
     )
     await calls.call(

@@ -127,6 +127,7 @@ class Limits:
 
     approval_threshold: Decimal = Decimal("250")  # a refund above this waits for a human
     vip_lifetime_spend: Decimal = Decimal("1500")  # customers who spent this much are VIPs
+    approval_expires_seconds: int = 24 * 3600  # undecided this long: expired, no action
 
 
 @dataclass
@@ -745,8 +746,9 @@ def compose_reply(
         lines.append(
             "I asked a support lead to approve this ("
             + str(planned and planned["summary"])
-            + f"), and it was {approval['status']}, so nothing was changed. A member of our "
-            "team will follow up with you."
+            + "), and it was "
+            + ("not approved" if approval["status"] == "rejected" else "not decided in time")
+            + ", so nothing was changed. A member of our team will follow up with you."
         )
     elif approval and approval.get("status") == "pending":
         lines.append(

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         ge=0,
         description="The orchestrator asks a human to approve a refund above this amount.",
     )
+    approval_expires_seconds: int = Field(
+        24 * 3600,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="An approval the orchestrator asks for expires undecided after this long; "
+        "an expired one fails closed (no action, the ticket stays with a human).",
+    )
     vip_lifetime_spend: Decimal = Field(
         Decimal("1500"),
         ge=0,

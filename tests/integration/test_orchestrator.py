@@ -5,6 +5,9 @@ as the orchestrator does in production. The decisions here are the offline polic
 """
 
 import asyncio
+import contextlib
+import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -18,15 +21,23 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, ToolMessage
 
 from clients.mesh import Mesh
-from orchestrator.graph import RunContext, build_graph
+from orchestrator.graph import RunContext, build_graph, research_graph
 from orchestrator.mesh import open_mesh
 from orchestrator.policy import Limits
 from orchestrator.run import handle, postgres_checkpointer
+from orchestrator.state import ResearchInput
 from schemas.roles import Role
 from servers.crm.store import Crm
 from servers.runtime.auth import signing_key
 from servers.runtime.settings import Settings
-from tests.conftest import STARTUP_SECONDS, SUPPORTMESH, running, supportmesh_env, token
+from tests.conftest import (
+    STARTUP_SECONDS,
+    SUPPORTMESH,
+    running,
+    serving,
+    supportmesh_env,
+    token,
+)
 
 
 @pytest.fixture
@@ -207,7 +218,27 @@ async def test_a_rejected_approval_takes_no_action_and_leaves_the_ticket_with_a_
     assert await order_status(demo_store, "#W9000003") == "pending"
     ticket = await ticket_of(agent, ticket_id)
     assert ticket["status"] == "open" and "needs-human" in ticket["tags"]
-    assert "rejected, so nothing was changed" in done["reply"]["text"]
+    assert "it was not approved, so nothing was changed" in done["reply"]["text"]
+
+
+async def test_an_expired_approval_fails_closed(
+    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
+) -> None:
+    """Nobody decided in time: no action, the customer is told, the ticket stays with a human."""
+    ticket_id = await new_ticket(
+        agent, "ada_quill_1001", "Cancel", "Please cancel order #W9000003, I no longer need it."
+    )
+    limits = Limits(approval_threshold=Decimal("1"), approval_expires_seconds=1)
+    paused = await run(settings, urls, ticket_id, limits)
+    approval_id = paused["__interrupt__"][0].value["approval_id"]
+    await asyncio.sleep(1.5)
+    done = await run(settings, urls, ticket_id, limits, resume={"approval_id": approval_id})
+    assert done["approval"]["status"] == "expired"
+    assert done.get("outcome") is None
+    assert await order_status(demo_store, "#W9000003") == "pending"
+    ticket = await ticket_of(agent, ticket_id)
+    assert ticket["status"] == "open" and "needs-human" in ticket["tags"]
+    assert "it was not decided in time, so nothing was changed" in done["reply"]["text"]
 
 
 async def test_an_order_of_another_customer_is_never_touched(
@@ -381,3 +412,68 @@ async def test_a_server_down_mid_run_is_retried_and_the_run_completes_once_it_is
     assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
     assert await order_status(demo_store, "#W9000004") == "return requested"
     assert (tmp_path / "crm-2.log").exists()
+
+
+@contextlib.contextmanager
+def held_back(proc: subprocess.Popen[bytes], seconds: float) -> Any:
+    """``proc`` suspended for ``seconds`` in the background: its answers come late."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    timer = asyncio.get_running_loop().call_later(seconds, os.kill, proc.pid, signal.SIGCONT)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+async def test_research_branches_merge_the_same_whatever_order_they_finish_in(
+    settings: Settings, urls: dict[str, str], demo_store: Crm, tmp_path: Path
+) -> None:
+    """Knowledge, CRM and memory are asked at once (Send); each server in turn is made the last
+    to answer, and the merged evidence, decisions and metrics come out the same every time."""
+    env = supportmesh_env(settings) | {"SUPPORTMESH_AUTH_SIGNING_KEY": signing_key(settings)}
+    research = ResearchInput(
+        ticket_id=1,
+        customer_id="ben_ortiz_1002",
+        text="Where is my rain jacket? Order #W9000005.",
+        triage={"intent": "order_status"},
+    )
+    with contextlib.ExitStack() as stack:
+        procs, own = {}, dict(urls)
+        for name in ("knowledge", "crm", "memory"):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            extra = {"SUPPORTMESH_DATA_DIR": str(workdir)} if name != "crm" else {}
+            proc, url = stack.enter_context(serving(name, env | extra, workdir / f"{name}.log"))
+            procs[name], own[name] = proc, url
+        merged, orders = [], []
+        async with open_mesh(own, token(settings, Role.AGENT, "orchestrator")) as mesh:
+            graph = research_graph()
+            for last in ("knowledge", "crm", "memory"):
+                finished: list[str] = []
+                state: dict[str, Any] = {}
+                with held_back(procs[last], 1.0):
+                    async for mode, chunk in graph.astream(
+                        research,
+                        context=RunContext(mesh, Limits()),
+                        stream_mode=["updates", "values"],
+                    ):
+                        assert isinstance(chunk, dict)
+                        if mode == "updates":
+                            finished.extend(chunk)
+                        else:
+                            state = chunk
+                orders.append(finished)
+                merged.append(
+                    (
+                        list(state["evidence"]),
+                        {
+                            k: v["orders"] or v["passages"] or v["facts"]
+                            for k, v in state["evidence"].items()
+                        },
+                        state["metrics"]["counts"],
+                    )
+                )
+    assert [o[-1] for o in orders] == ["knowledge", "crm", "memory"]  # each was last once
+    assert merged[0] == merged[1] == merged[2]
+    assert merged[0][0] == ["crm", "knowledge", "memory"]
