@@ -25,14 +25,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastmcp import Client
 from langgraph.checkpoint.memory import InMemorySaver
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from clients import demo_data
 from clients.crm import load
 from clients.mesh import Mesh, read_mesh
 from orchestrator.graph import RunContext, build_graph
-from orchestrator.mesh import open_mesh
+from orchestrator.mesh import ValidatingSession, open_mesh
 from orchestrator.policy import Limits
 from orchestrator.run import handle, postgres_checkpointer
 from schemas.roles import Role
@@ -41,6 +44,8 @@ from servers.runtime.auth import issue_token
 from servers.runtime.settings import Settings
 
 SUPPORTMESH = str(Path(sys.executable).parent / "supportmesh")
+ORDER = "#W5590865"  # a demo order: get_order's result is a whole order, schema and all
+CALLS = 100
 
 
 def start_up(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], Mesh]:
@@ -100,6 +105,40 @@ async def one_pass(
     return times, ended
 
 
+async def calls_per_second(url: str, bearer: str, session_class: type[ClientSession]) -> float:
+    """``get_order`` calls a second through one session of ``session_class``."""
+    async with (
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {bearer}"}) as http,
+        streamable_http_client(url, http_client=http) as (read, write, _),
+        session_class(read, write) as session,
+    ):
+        await session.initialize()
+        await session.call_tool("get_order", {"order_id": ORDER})  # warm: schemas listed
+        started = time.perf_counter()
+        for _ in range(CALLS):
+            await session.call_tool("get_order", {"order_id": ORDER})
+        return CALLS / (time.perf_counter() - started)
+
+
+async def validation_cost(settings: Settings, mesh: Mesh) -> None:
+    """The MCP SDK's client checks every tool result against the tool's output schema, building
+    a validator each time; ours keeps one per tool. Same server, same call, same run."""
+    bearer = issue_token(settings, Role.AGENT, "bench-validation")
+    rates: dict[str, list[float]] = {"SDK ClientSession": [], "ValidatingSession": []}
+    for _ in range(3):
+        rates["SDK ClientSession"].append(
+            await calls_per_second(mesh.servers["crm"], bearer, ClientSession)
+        )
+        rates["ValidatingSession"].append(
+            await calls_per_second(mesh.servers["crm"], bearer, ValidatingSession)
+        )
+    best = {name: max(r) for name, r in rates.items()}
+    print(f"\nget_order over HTTP, {CALLS} calls x 3, best run:")
+    for name, rate in best.items():
+        print(f"{name:<20}{rate:>8.0f} calls/s")
+    print(f"ValidatingSession / SDK: {best['ValidatingSession'] / best['SDK ClientSession']:.2f}")
+
+
 def quantile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -130,6 +169,7 @@ async def bench(mesh: Mesh, tickets: list[dict[str, Any]], passes: int, data_dir
         )
     ratio = statistics.median(results["postgres"]) / statistics.median(results["memory"])
     print(f"postgres / memory, p50: {ratio:.2f}")
+    await validation_cost(settings, mesh)
 
 
 def main() -> None:

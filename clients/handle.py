@@ -59,7 +59,11 @@ async def handle_ticket(
     limits = Limits(
         settings.approval_threshold, settings.vip_lifetime_spend, settings.approval_expires_seconds
     )
-    bearer = issue_token(settings, Role.AGENT, ACTOR)
+    bearer = (
+        settings.orchestrator_token.get_secret_value()
+        if settings.orchestrator_token
+        else issue_token(settings, Role.AGENT, ACTOR)
+    )
     waiting = False
     async with (
         postgres_checkpointer(settings.postgres_url) as saver,

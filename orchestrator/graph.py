@@ -71,7 +71,7 @@ def write_key(state: TicketState, node: str, tool: str, attempt: int = 0) -> str
 
 async def intake(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Read the ticket; its customer, when the ticket names one."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("get_ticket")
     ticket = await calls.call("get_ticket", ticket_id=state["ticket_id"])
     text = f"{ticket['subject']}\n\n{ticket['description']}"
     return {
@@ -86,7 +86,7 @@ async def intake(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, 
 
 async def triage(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Intent, priority and sentiment; who the customer is when the ticket does not say."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("find_customer")
     found = policy.triage(state["text"])
     customer_id = state.get("customer_id")
     how = "the ticket"
@@ -161,7 +161,7 @@ def passages_found(state: TicketState) -> list[Passage]:
 
 async def knowledge(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The knowledge base's best passages for what the customer wrote (their whole message)."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("search_articles")
     try:
         found = await calls.call("search_articles", query=state["text"][:20_000], k=5)
     except Unavailable:
@@ -178,7 +178,7 @@ async def knowledge(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[
 
 async def crm(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The customer's orders in brief, and the products of their items."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("list_customer_orders", "get_order")
     customer_id = state.get("customer_id")
     if customer_id is None:
         return {
@@ -209,7 +209,7 @@ async def crm(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, A
 
 async def memory(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """What we remember of the customer that bears on this message."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("recall")
     customer_id = state.get("customer_id")
     if customer_id is None:
         return {"evidence": evidence("memory"), "metrics": calls.metrics()}
@@ -245,7 +245,7 @@ def research_graph() -> CompiledStateGraph[
 async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The action the policy calls for (decided once per ticket) and the reply, drafted from
     the evidence and from what has happened so far (approval, action)."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("get_customer", "get_product")
     found = state["triage"]
     orders = orders_found(state)
     planned = state.get("plan")
@@ -255,7 +255,8 @@ async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str
     update: dict[str, Any] = {}
     if planned is None:
         found_now = policy.Triage(
-            **{**found, "name": tuple(found["name"]) if found["name"] else None}
+            **{k: v for k, v in found.items() if k not in ("category", "name")},
+            name=tuple(found["name"]) if found["name"] else None,
         )
         model = runtime.context.model
         if model is not None:
@@ -328,7 +329,7 @@ def gate(state: TicketState) -> Literal["request_approval", "act", "quality"]:
 async def request_approval(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Ask the approvals server for a human's decision on exactly the planned action; tell the
     customer it is waiting; mark the ticket pending."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("request_approval", "update_ticket", "add_comment")
     planned = state["plan"]
     assert planned is not None
     approval = await calls.call(
@@ -385,7 +386,7 @@ async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Co
             "approval_id": approval["id"],
         }
     )
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("get_approval")
     record = await calls.call("get_approval", approval_id=approval["id"])
     status = record["status"]
     read = {"id": record["id"], "status": status, "decided_by": record.get("decided_by")}
@@ -413,9 +414,9 @@ async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Co
 
 async def act(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The planned CRM write, with exactly the arguments planned (and approved, when asked)."""
-    calls = runtime.context.mesh.calls()
     planned = state["plan"]
     assert planned is not None and planned["tool"]
+    calls = runtime.context.mesh.calls(planned["tool"])  # the one write decided, no other
     try:
         await calls.call(
             planned["tool"],
@@ -461,7 +462,7 @@ def quality(state: TicketState) -> Command[Literal["solution", "resolve"]]:
 
 async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Post the reply on the ticket and set its status; remember the conversation."""
-    calls = runtime.context.mesh.calls()
+    calls = runtime.context.mesh.calls("add_comment", "update_ticket", "append_session", "remember")
     planned = state.get("plan") or {}
     reply = state["reply"]
     assert reply is not None
@@ -485,7 +486,11 @@ async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str,
         ticket_id=ticket_id,
         status="open" if with_human else "solved",
         priority=state["triage"]["priority"],
-        add_tags=["needs-human"] if with_human else [f"intent:{state['triage']['intent']}"],
+        add_tags=[
+            f"intent:{state['triage']['intent']}",
+            f"category:{state['triage']['category']}",
+            *(["needs-human"] if with_human else []),
+        ],
         remove_tags=["awaiting-approval"],
         idempotency_key=write_key(state, "resolve", "update_ticket"),
     )

@@ -235,8 +235,9 @@ class Mesh:
         """The LangChain tools called ``names``: what a node lets a model use, and no more."""
         return [self.tools_by_name[name] for name in names]
 
-    def calls(self) -> "Calls":
-        return Calls(self)
+    def calls(self, *allowed: str) -> "Calls":
+        """A node's calls, to the tools it names and no others."""
+        return Calls(self, frozenset(allowed))
 
     async def _intercept(
         self,
@@ -253,6 +254,7 @@ class Calls:
     """The tool calls one node makes, counted and timed for the run's metrics."""
 
     mesh: Mesh
+    allowed: frozenset[str]  # the tools this node may call
     count: int = 0
     errors: int = 0
     slowest_ms: float = 0.0
@@ -260,6 +262,8 @@ class Calls:
     async def call(self, name: str, **arguments: Any) -> dict[str, Any]:
         """The tool's structured result; its error as ``ToolFailed`` (``Unavailable`` when the
         server or a backend is down)."""
+        if name not in self.allowed:
+            raise PermissionError(f"{name} is not one of this node's tools: {sorted(self.allowed)}")
         started = time.perf_counter()
         self.count += 1
         try:

@@ -130,6 +130,21 @@ class Limits:
     approval_expires_seconds: int = 24 * 3600  # undecided this long: expired, no action
 
 
+CATEGORY = {
+    "order_status": "orders",
+    "cancel": "orders",
+    "modify_address": "orders",
+    "modify_payment": "orders",
+    "modify_items": "orders",
+    "return": "returns",
+    "exchange": "returns",
+    "update_profile_address": "account",
+    "kb_question": "question",
+    "complaint": "complaint",
+    "other": "other",
+}
+
+
 @dataclass
 class Triage:
     intent: str
@@ -147,6 +162,7 @@ class Triage:
     def as_state(self) -> dict[str, Any]:
         return {
             "intent": self.intent,
+            "category": CATEGORY[self.intent],
             "intents": self.intents,
             "priority": self.priority,
             "sentiment": self.sentiment,

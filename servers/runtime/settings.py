@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."
     )
+    orchestrator_token: SecretStr | None = Field(
+        None,
+        description="The bearer token the orchestrator sends to the servers (an agent's, from "
+        "your identity provider); unset: one is minted from the signing key, subject "
+        "'orchestrator'.",
+    )
     model: str | None = Field(
         None,
         description="The chat model the orchestrator decides with (with ANTHROPIC_API_KEY, "

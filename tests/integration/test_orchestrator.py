@@ -83,12 +83,13 @@ async def run(
     limits: Limits,
     resume: dict[str, Any] | None = None,
     model: ScriptedModel | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     """One run of the ticket, as a fresh process would do it: new sessions, a new saver."""
     assert settings.postgres_url
     async with (
         postgres_checkpointer(settings.postgres_url) as saver,
-        open_mesh(urls, token(settings, Role.AGENT, "orchestrator")) as mesh,
+        open_mesh(urls, token(settings, Role.AGENT, "orchestrator"), trace_id=trace_id) as mesh,
     ):
         graph = build_graph(saver)
         return await handle(graph, ticket_id, RunContext(mesh, limits, model), resume=resume)
@@ -127,7 +128,8 @@ async def test_a_refund_under_the_threshold_is_acted_on_and_the_ticket_resolved(
         "Hi, the Desk Lamp from order #W9000004 flickers after a week. I'd like to return it "
         "and get my money back on PayPal please.",
     )
-    state = await run(settings, urls, ticket_id, Limits())
+    trace_id = os.urandom(16).hex()
+    state = await run(settings, urls, ticket_id, Limits(), trace_id=trace_id)
     assert "__interrupt__" not in state
     assert state["plan"]["tool"] == "return_delivered_order_items"
     assert state["plan"]["arguments"] == {
@@ -141,6 +143,16 @@ async def test_a_refund_under_the_threshold_is_acted_on_and_the_ticket_resolved(
     ticket = await ticket_of(agent, ticket_id)
     assert ticket["status"] == "solved"
     assert "Order #W9000004" in state["reply"]["text"]
+    # The run's trace reached the servers in every call's _meta: their events carry it.
+    traced = {
+        schema: await count(
+            settings,
+            f"SELECT count(*) FROM {schema}.outbox WHERE event->>'trace_id' = %s",
+            trace_id,
+        )
+        for schema in ("crm", "ticketing")
+    }
+    assert traced["crm"] >= 1 and traced["ticketing"] >= 2, traced
 
 
 async def test_a_refund_over_the_threshold_waits_for_a_human_and_is_acted_on_once(
@@ -351,6 +363,12 @@ async def test_a_paused_ticket_is_resumed_by_another_process_and_nothing_runs_tw
     ran = [line.split()[0] for line in second.stdout.splitlines() if line.strip()][:5]
     assert ran == ["await_decision", "solution", "act", "quality", "resolve"]
     assert await order_status(demo_store, "#W9000003") == "cancelled"
+    async with demo_store.pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT record FROM orders WHERE order_id = '#W9000003'")
+        ).fetchone()
+    assert row is not None
+    refunds = [p for p in row["record"]["payment_history"] if p["transaction_type"] == "refund"]
     writes = {
         "cancels": await count(
             settings,
@@ -368,7 +386,8 @@ async def test_a_paused_ticket_is_resumed_by_another_process_and_nothing_runs_tw
             ticket_id,
         ),
     }
-    assert writes == {"cancels": 1, "approvals asked": 1, "public comments": 2}
+    writes["refunds"] = len(refunds)
+    assert writes == {"cancels": 1, "approvals asked": 1, "public comments": 2, "refunds": 1}
 
 
 async def test_a_server_down_mid_run_is_retried_and_the_run_completes_once_it_is_back(
