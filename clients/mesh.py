@@ -119,7 +119,10 @@ async def serve_http(
     """Serve one server on streamable HTTP until cancelled."""
     sock = _listen(server.name, host, port)
     async with _serving(server, settings, needs, host, sock) as url:
-        print(f"{server.name}: {url}", file=sys.stderr, flush=True)
+        # One write, newline included: print() writes the newline apart, and a log line from
+        # the worker's threads (redelivered tasks start at once) could land in between.
+        sys.stderr.write(f"{server.name}: {url}\n")
+        sys.stderr.flush()
         await asyncio.Event().wait()
 
 
