@@ -130,8 +130,8 @@ class ServerLink:
 
     The MCP SDK's HTTP transport fails its whole task group when a server cannot be reached,
     and that failure would end whatever task entered it: the ticket's run. Held in a task of
-    its own, a failure ends only the session: calls waiting on it get "Connection closed"
-    (``Unavailable``), and the next call opens a new session to the server.
+    its own, a failure ends only the session: a call waiting on it raises ``Unavailable`` at
+    once (not after its timeout), and the next call opens a new session to the server.
     """
 
     def __init__(self, name: str, url: str, token: str) -> None:
@@ -142,9 +142,14 @@ class ServerLink:
         self._holder: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()  # set when the current session ends (or its server fails)
         self._failure: BaseException | None = None
+        self._opening = asyncio.Lock()  # one new session at a time
 
     async def open(self) -> ValidatingSession:
         """The live session, opening one if there is none (``Unavailable`` if it cannot)."""
+        async with self._opening:
+            return await self._open()
+
+    async def _open(self) -> ValidatingSession:
         if self.session is not None and self._holder is not None and not self.ended.is_set():
             return self.session
         if self._holder is not None:
