@@ -182,7 +182,8 @@ def handle(
 ) -> None:
     """Run one ticket through the orchestrator against the servers of a running `up`,
     printing each step as it finishes. Exit code 0 once resolved, 4 while it waits for a
-    human's approval (resume it with --resume APPROVAL_ID once decided)."""
+    human's approval (resume it with --resume APPROVAL_ID once decided), 5 if another runner
+    is handling the ticket right now."""
     import asyncio
 
     from rich.console import Console
@@ -202,7 +203,13 @@ def handle(
     settings = settings.model_copy(
         update={"postgres_url": mesh.backends["SUPPORTMESH_POSTGRES_URL"] or None}
     )
-    resolved = asyncio.run(handle_ticket(settings, mesh, ticket_id, resume, Console()))
+    from orchestrator.run import Busy
+
+    try:
+        resolved = asyncio.run(handle_ticket(settings, mesh, ticket_id, resume, Console()))
+    except Busy as exc:
+        print(f"supportmesh handle: {exc}; try again when it is done", file=sys.stderr)
+        raise typer.Exit(5) from exc
     if not resolved:
         raise typer.Exit(4)
 

@@ -16,7 +16,7 @@ from orchestrator.graph import RunContext, build_graph
 from orchestrator.mesh import open_mesh
 from orchestrator.model import chat_model
 from orchestrator.policy import Limits
-from orchestrator.run import postgres_checkpointer, steps
+from orchestrator.run import lease, postgres_checkpointer, steps
 from schemas.roles import Role
 from servers.runtime.auth import issue_token
 from servers.runtime.settings import Settings
@@ -66,6 +66,7 @@ async def handle_ticket(
     )
     waiting = False
     async with (
+        lease(settings.postgres_url, ticket_id),
         postgres_checkpointer(settings.postgres_url) as saver,
         open_mesh(mesh.servers, bearer) as servers,
     ):

@@ -9,6 +9,7 @@ a ticket's steps are few and slow (MCP calls) next to a checkpoint write.
 """
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,6 +48,35 @@ async def postgres_checkpointer(url: str) -> AsyncIterator[AsyncPostgresSaver]:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await saver.setup()
         yield saver
+
+
+class Busy(Exception):
+    """Another runner holds the ticket's thread."""
+
+
+def lease_key(ticket_id: int) -> int:
+    """The advisory-lock key of a ticket's thread: 63 bits of a hash, apart from any other
+    user of advisory locks on the database."""
+    digest = hashlib.blake2b(f"supportmesh:orchestrator:{ticket_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
+@contextlib.asynccontextmanager
+async def lease(url: str, ticket_id: int) -> AsyncIterator[None]:
+    """Hold the ticket's thread while the block runs: one runner at a time, whichever process
+    or replica it is in (``Busy`` if another holds it).
+
+    A PostgreSQL session advisory lock, on a connection of its own held for the run. It ends
+    with that connection, so a runner that crashes (its process gone, its socket closed) lets
+    the next runner take the thread over, with no lease row to expire or clean up.
+    """
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (
+            await conn.execute("SELECT pg_try_advisory_lock(%s)", [lease_key(ticket_id)])
+        ).fetchone()
+        if row is None or not row[0]:
+            raise Busy(f"ticket {ticket_id} is being handled by another runner")
+        yield
 
 
 def thread(ticket_id: int) -> RunnableConfig:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +25,7 @@ from clients.mesh import Mesh
 from orchestrator.graph import RunContext, build_graph, research_graph
 from orchestrator.mesh import open_mesh
 from orchestrator.policy import Limits
-from orchestrator.run import handle, postgres_checkpointer
+from orchestrator.run import Busy, handle, lease, postgres_checkpointer
 from orchestrator.state import ResearchInput
 from schemas.roles import Role
 from servers.crm.store import Crm
@@ -496,3 +497,48 @@ async def test_research_branches_merge_the_same_whatever_order_they_finish_in(
     assert [o[-1] for o in orders] == ["knowledge", "crm", "memory"]  # each was last once
     assert merged[0] == merged[1] == merged[2]
     assert merged[0][0] == ["crm", "knowledge", "memory"]
+
+
+async def test_one_runner_per_ticket_and_a_crashed_runner_s_lease_is_taken_over(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A second runner on a ticket is refused while the first holds it, wherever it runs; a
+    runner killed outright (kill -9) frees the ticket for the next one."""
+    assert settings.postgres_url
+    async with lease(settings.postgres_url, 4242):
+        with pytest.raises(Busy):
+            async with lease(settings.postgres_url, 4242):
+                pass
+        async with lease(settings.postgres_url, 4243):  # another ticket: free
+            pass
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from orchestrator.run import lease\n"
+            "async def main():\n"
+            "    async with lease(sys.argv[1], 4244):\n"
+            "        print('held', flush=True)\n"
+            "        await asyncio.sleep(600)\n"
+            "asyncio.run(main())\n",
+            settings.postgres_url,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(Busy):
+            async with lease(settings.postgres_url, 4244):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # The killed runner's connection is gone, and its lock with it.
+    for _ in range(50):
+        try:
+            async with lease(settings.postgres_url, 4244):
+                return
+        except Busy:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the killed runner's lease was never freed")
