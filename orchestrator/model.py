@@ -84,6 +84,14 @@ async def propose(
             return None, messages
         for call in calls:
             if call["name"] in WRITE_TOOLS:
+                # Answered, so the conversation stays one a model API accepts if sent again.
+                messages.append(
+                    ToolMessage(
+                        "proposed: carried out once the store's checks (and a human, where "
+                        "needed) allow it",
+                        tool_call_id=call["id"] or "",
+                    )
+                )
                 return {"tool": call["name"], "arguments": dict(call["args"])}, messages
             if call["name"] not in tools:
                 messages.append(
