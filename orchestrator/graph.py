@@ -448,7 +448,6 @@ def quality(state: TicketState) -> Command[Literal["solution", "resolve"]]:
         state.get("outcome"),
         planned,
         [o["order_id"] for o in orders],
-        None,
         [p["article_id"] for p in passages],
         planned.get("facts", []),
     )

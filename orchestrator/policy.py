@@ -809,12 +809,12 @@ def check_reply(
     outcome: dict[str, Any] | None,
     planned: dict[str, Any] | None,
     own_orders: list[str],
-    own_email: str | None,
     cited_ids: list[str],
     facts: list[str],
 ) -> list[str]:
     """What is wrong with a reply, if anything: it must cite something it was given, name no
-    order or email that is not the customer's, and claim exactly the action that was taken."""
+    order that is not the customer's and no email address at all (a reply never needs one, and
+    one there came from somewhere it should not), and claim exactly the action taken."""
     problems = []
     text = reply["text"]
     grounded = any(c in cited_ids for c in reply["cites"]) or any(f in text for f in facts)
@@ -824,8 +824,7 @@ def check_reply(
         if f"#{order_id.upper()}" not in own_orders:
             problems.append(f"names order #{order_id}, not the customer's")
     for email in EMAIL.findall(text):
-        if email.lower() != (own_email or "").lower():
-            problems.append(f"names {email}, not the customer's email")
+        problems.append(f"names an email address, {email}")
     done = outcome is not None and outcome.get("status") == "done"
     taken = planned["tool"] if done and planned else None
     if reply.get("claims") != taken:

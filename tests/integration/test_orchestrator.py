@@ -214,44 +214,40 @@ async def test_a_refund_over_the_threshold_waits_for_a_human_and_is_acted_on_onc
     assert (cancels, requests) == (1, 1)
 
 
-async def test_a_rejected_approval_takes_no_action_and_leaves_the_ticket_with_a_human(
-    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
+@pytest.mark.parametrize(
+    ("ending", "told"),
+    [("rejected", "it was not approved"), ("expired", "it was not decided in time")],
+)
+async def test_an_approval_rejected_or_expired_fails_closed(
+    settings: Settings,
+    urls: dict[str, str],
+    agent: Client[Any],
+    demo_store: Crm,
+    ending: str,
+    told: str,
 ) -> None:
+    """No action, the customer is told why, and the ticket stays open with a human."""
     ticket_id = await new_ticket(
         agent, "ada_quill_1001", "Cancel", "I no longer need order #W9000003, please cancel it."
     )
-    limits = Limits(approval_threshold=Decimal("1"))
+    expires = 1 if ending == "expired" else 3600
+    limits = Limits(approval_threshold=Decimal("1"), approval_expires_seconds=expires)
     paused = await run(settings, urls, ticket_id, limits)
     approval_id = paused["__interrupt__"][0].value["approval_id"]
-    async with Client(urls["approvals"], auth=token(settings, Role.APPROVER, "lead")) as lead:
-        await lead.call_tool("decide_approval", {"approval_id": approval_id, "decision": "reject"})
+    if ending == "rejected":
+        async with Client(urls["approvals"], auth=token(settings, Role.APPROVER, "lead")) as lead:
+            await lead.call_tool(
+                "decide_approval", {"approval_id": approval_id, "decision": "reject"}
+            )
+    else:
+        await asyncio.sleep(1.5)  # nobody decides in time
     done = await run(settings, urls, ticket_id, limits, resume={"approval_id": approval_id})
-    assert done["approval"]["status"] == "rejected"
+    assert done["approval"]["status"] == ending
     assert done.get("outcome") is None
     assert await order_status(demo_store, "#W9000003") == "pending"
     ticket = await ticket_of(agent, ticket_id)
     assert ticket["status"] == "open" and "needs-human" in ticket["tags"]
-    assert "it was not approved, so nothing was changed" in done["reply"]["text"]
-
-
-async def test_an_expired_approval_fails_closed(
-    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
-) -> None:
-    """Nobody decided in time: no action, the customer is told, the ticket stays with a human."""
-    ticket_id = await new_ticket(
-        agent, "ada_quill_1001", "Cancel", "Please cancel order #W9000003, I no longer need it."
-    )
-    limits = Limits(approval_threshold=Decimal("1"), approval_expires_seconds=1)
-    paused = await run(settings, urls, ticket_id, limits)
-    approval_id = paused["__interrupt__"][0].value["approval_id"]
-    await asyncio.sleep(1.5)
-    done = await run(settings, urls, ticket_id, limits, resume={"approval_id": approval_id})
-    assert done["approval"]["status"] == "expired"
-    assert done.get("outcome") is None
-    assert await order_status(demo_store, "#W9000003") == "pending"
-    ticket = await ticket_of(agent, ticket_id)
-    assert ticket["status"] == "open" and "needs-human" in ticket["tags"]
-    assert "it was not decided in time, so nothing was changed" in done["reply"]["text"]
+    assert f"{told}, so nothing was changed" in done["reply"]["text"]
 
 
 async def test_an_order_of_another_customer_is_never_touched(
