@@ -181,6 +181,24 @@ class RememberingVerifier(JWTVerifier):
         return verified
 
 
+def token_verifier(settings: Settings) -> RememberingVerifier:
+    """What checks the bearer tokens of HTTP requests: the identity provider's keys when
+    ``auth_jwks_uri`` is set, else the signing key ``supportmesh token issue`` signs with."""
+    if settings.auth_jwks_uri:
+        return RememberingVerifier(
+            jwks_uri=settings.auth_jwks_uri,
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+            algorithm="RS256",
+        )
+    return RememberingVerifier(
+        public_key=signing_key(settings),
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        algorithm="HS256",
+    )
+
+
 def http_auth(settings: Settings, base_url: str) -> RemoteAuthProvider | None:
     """The resource-server auth of an HTTP server at ``base_url``, or None when turned off."""
     if not settings.http_auth:
@@ -191,22 +209,8 @@ def http_auth(settings: Settings, base_url: str) -> RemoteAuthProvider | None:
             settings.actor,
         )
         return None
-    if settings.auth_jwks_uri:
-        verifier = RememberingVerifier(
-            jwks_uri=settings.auth_jwks_uri,
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithm="RS256",
-        )
-    else:
-        verifier = RememberingVerifier(
-            public_key=signing_key(settings),
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithm="HS256",
-        )
     return RemoteAuthProvider(
-        token_verifier=verifier,
+        token_verifier=token_verifier(settings),
         authorization_servers=[AnyHttpUrl(settings.auth_issuer)],
         base_url=base_url,
         scopes_supported=sorted({s for scopes in ROLE_SCOPES.values() for s in scopes}),

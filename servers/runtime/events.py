@@ -18,9 +18,10 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from psycopg.types.json import Jsonb
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from schemas.events import Topic
+from schemas.events import Event, Topic
 from servers.runtime import telemetry
 from servers.runtime.database import Pool, migrate_and_open
 from servers.runtime.settings import Settings
@@ -34,6 +35,24 @@ CLAIM_UNSENT = """
 """
 MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE seq = ANY(%s)"
 COUNT_UNSENT = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"
+INSERT_OUTBOX = """
+    INSERT INTO outbox (id, topic, key, event) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+"""
+NOTIFY_RELAY = "SELECT pg_notify('outbox_' || current_schema(), '')"
+
+
+async def add_to_outbox(
+    conn: psycopg.AsyncConnection[Any], events: list[tuple[Topic, Event]]
+) -> None:
+    """Queue ``events`` in the outbox of the connection's schema (in its transaction, if one is
+    open) and wake the relay. An event whose id is already there is not added again."""
+    for topic, event in events:
+        await conn.execute(
+            INSERT_OUTBOX,
+            [event.id, topic.value, event.subject, Jsonb(event.model_dump(mode="json"))],
+        )
+    if events:
+        await conn.execute(NOTIFY_RELAY)
 
 
 async def ensure_topics(bootstrap: str, partitions: int = 3) -> None:

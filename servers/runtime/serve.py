@@ -247,15 +247,16 @@ class ScopeChallenge:
         await self.app(scope, replay, send)
 
 
-def http_app(
-    server: FastMCP[Any], settings: Settings, needs: Sequence[str], base_url: str
-) -> Starlette:
-    """The server's Starlette app: MCP at ``/mcp`` plus ``/healthz``, ``/readyz``, ``/metrics``.
+Probe = Callable[[], Awaitable[None]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
-    ``needs`` names the backends ``/readyz`` checks (``postgres``, ``redis``); ``base_url``
-    is where clients reach the server (``http://host:port``), for its OAuth metadata.
-    """
-    checks: dict[str, Callable[[], Awaitable[None]]] = {}
+
+def probes(
+    name: str, settings: Settings, needs: Sequence[str], more: dict[str, Probe] | None = None
+) -> dict[str, Endpoint]:
+    """``/healthz`` (the process is up), ``/readyz`` (the backends in ``needs``, ``postgres``
+    and ``redis``, and the ``more`` checks answer) and ``/metrics`` (Prometheus)."""
+    checks: dict[str, Probe] = {}
     if "postgres" in needs and settings.postgres_url:
         url = settings.postgres_url
         checks["postgres"] = lambda: _postgres_ready(url)
@@ -269,18 +270,19 @@ def http_app(
                 await client.ping()  # type: ignore[misc]
 
         checks["redis"] = redis_ready
+    checks.update(more or {})
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": server.name})
+        return JSONResponse({"status": "ok", "server": name})
 
     async def readyz(_: Request) -> Response:
         results: dict[str, str] = {}
-        for name, check in checks.items():
+        for check_name, check in checks.items():
             try:
                 await asyncio.wait_for(check(), timeout=3)
-                results[name] = "ok"
+                results[check_name] = "ok"
             except Exception as exc:  # a probe reports, it does not raise
-                results[name] = f"unavailable: {type(exc).__name__}"
+                results[check_name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in results.values())
         return JSONResponse(
             {"ready": ready, "backends": results}, status_code=200 if ready else 503
@@ -289,7 +291,18 @@ def http_app(
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+
+def http_app(
+    server: FastMCP[Any], settings: Settings, needs: Sequence[str], base_url: str
+) -> Starlette:
+    """The server's Starlette app: MCP at ``/mcp`` plus ``/healthz``, ``/readyz``, ``/metrics``.
+
+    ``needs`` names the backends ``/readyz`` checks (``postgres``, ``redis``); ``base_url``
+    is where clients reach the server (``http://host:port``), for its OAuth metadata.
+    """
+    for path, endpoint in probes(server.name, settings, needs).items():
         server.custom_route(path, methods=["GET"])(endpoint)
     server.auth = http_auth(settings, base_url)
     limits = AsgiMiddleware(

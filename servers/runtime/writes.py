@@ -25,6 +25,7 @@ from schemas.events import Event, Topic
 from servers.runtime.auth import Caller
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import Conflict, Unavailable
+from servers.runtime.events import add_to_outbox
 from servers.runtime.keys import joined_key
 from servers.runtime.pii import mask_data
 
@@ -38,8 +39,6 @@ SAVE_KEY = """
 INSERT_AUDIT = """
     INSERT INTO audit (actor, tool, arguments_hash, subject, result) VALUES (%s, %s, %s, %s, %s)
 """
-INSERT_OUTBOX = "INSERT INTO outbox (id, topic, key, event) VALUES (%s, %s, %s, %s)"
-NOTIFY_RELAY = "SELECT pg_notify('outbox_' || current_schema(), '')"
 
 
 @dataclass
@@ -113,13 +112,7 @@ async def perform_write(
             write = Write(conn=conn, source=source, trace_id=caller.trace_id)
             result = await change(write)
             stored = Jsonb(result.model_dump(mode="json"))
-            for topic, event in write.events:
-                await conn.execute(
-                    INSERT_OUTBOX,
-                    [event.id, topic.value, event.subject, Jsonb(event.model_dump(mode="json"))],
-                )
-            if write.events:
-                await conn.execute(NOTIFY_RELAY)
+            await add_to_outbox(conn, write.events)
             await conn.execute(INSERT_AUDIT, [caller.actor, tool, digest, write.subject, stored])
             if idempotency_key is not None:
                 await conn.execute(SAVE_KEY, [tool, idempotency_key, digest, stored])
