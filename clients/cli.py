@@ -1,6 +1,7 @@
 """The ``supportmesh`` command line (Typer).
 
     supportmesh up                          every server on HTTP, on embedded or configured backends
+    supportmesh orchestrator                the service that handles every new ticket
     supportmesh serve ticketing             one server over stdio (Claude Desktop, IDEs) or HTTP
     supportmesh backends                    just the embedded engines, printing their URLs
     supportmesh migrate                     bring every server's schema up to date
@@ -212,6 +213,49 @@ def handle(
         raise typer.Exit(5) from exc
     if not resolved:
         raise typer.Exit(4)
+
+
+@app.command("orchestrator")
+def orchestrator_service(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0: a free one).")] = 8700,
+    host: Annotated[
+        str | None, typer.Option(help="HTTP interface (default: from settings).")
+    ] = None,
+) -> None:
+    """Run the orchestrator service: it handles every new ticket (from Kafka's
+    customer.requests, or POST /tickets), resumes tickets when their approval is decided, and
+    serves each ticket's state, history and event stream over HTTP.
+
+    It reaches the servers at SUPPORTMESH_MCP_URLS, or else at those of the running `up` in
+    the data directory (`up` runs a service of its own). Replicas may run side by side on the
+    same PostgreSQL and Kafka: they share the work, one runner per ticket.
+    """
+    from clients.mesh import PortInUse, read_mesh, serve_orchestrator
+    from servers.runtime.backends import start_backends
+
+    settings = _settings()
+    urls = settings.mcp_urls
+    if not urls:
+        mesh = read_mesh(settings.data_dir.resolve())
+        if mesh is None:
+            print(
+                "supportmesh orchestrator: set SUPPORTMESH_MCP_URLS to the servers' MCP URLs "
+                f"(JSON), or start `supportmesh up` in {settings.data_dir}",
+                file=sys.stderr,
+            )
+            raise typer.Exit(2)
+        urls = mesh.servers
+    missing = sorted({"ticketing", "crm", "knowledge", "memory", "approvals"} - set(urls))
+    if missing:
+        raise typer.BadParameter(
+            f"no URL for {', '.join(missing)}", param_hint="SUPPORTMESH_MCP_URLS"
+        )
+    with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
+        try:
+            _run(serve_orchestrator(ready, host or ready.host, port, urls))
+        except PortInUse as exc:
+            print(f"supportmesh orchestrator: {exc}", file=sys.stderr)
+            raise typer.Exit(3) from exc
 
 
 token_app = typer.Typer(help="Bearer tokens for the HTTP transport.", no_args_is_help=True)
@@ -467,6 +511,7 @@ def worker(
             "Set SUPPORTMESH_QDRANT_URL to run workers apart.",
             param_hint="SUPPORTMESH_QDRANT_URL",
         )
+    import orchestrator.tasks  # noqa: F401
     import servers.approvals.tasks
     import servers.knowledge.tasks
     import servers.memory.tasks  # noqa: F401

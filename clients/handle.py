@@ -7,8 +7,6 @@ mesh's PostgreSQL: a ticket paused for approval is resumed later, by any process
 ``--resume APPROVAL_ID``.
 """
 
-from typing import Any
-
 from rich.console import Console
 
 from clients.mesh import Mesh
@@ -16,39 +14,12 @@ from orchestrator.graph import RunContext, build_graph
 from orchestrator.mesh import open_mesh
 from orchestrator.model import chat_model
 from orchestrator.policy import Limits
-from orchestrator.run import lease, postgres_checkpointer, steps
+from orchestrator.run import describe, lease, postgres_checkpointer, steps
 from schemas.roles import Role
 from servers.runtime.auth import issue_token
 from servers.runtime.settings import Settings
 
 ACTOR = "orchestrator"
-
-
-def describe(node: str, written: Any) -> str:
-    """One line on what a node decided."""
-    if node == "__interrupt__":
-        request = written[0].value
-        action = request["action_requests"][0]
-        return f"waiting for approval {request['approval_id']}: {action['description']}"
-    if not isinstance(written, dict):
-        return ""
-    if node == "triage":
-        return f"intent {written['triage']['intent']}, customer {written.get('customer_id')}"
-    if node == "solution" and written.get("plan"):
-        plan = written["plan"]
-        return f"action {plan['tool']}" if plan["tool"] else f"no action: {plan['blocked']}"
-    if node == "act":
-        return f"{written['outcome']['tool']}: {written['outcome']['status']}"
-    if node == "quality":
-        return "; ".join(written["quality"]["problems"]) or "reply ok"
-    if node == "resolve":
-        return str(written["decisions"][-1]["detail"])
-    if node == "research":
-        return ", ".join(
-            f"{k}: {'error' if v.get('error') else 'ok'}"
-            for k, v in written.get("evidence", {}).items()
-        )
-    return ""
 
 
 async def handle_ticket(

@@ -26,6 +26,7 @@ from servers.runtime.settings import Settings
 from servers.runtime.tasks import work_here
 
 MESH_FILE = "mesh.json"
+ORCHESTRATOR_PORT = 8700
 
 
 class Mesh(BaseModel):
@@ -33,6 +34,7 @@ class Mesh(BaseModel):
 
     pid: int
     servers: dict[str, str]  # name -> MCP URL
+    orchestrator: str | None = None  # the orchestrator service's base URL
     backends: dict[str, str]  # SUPPORTMESH_* variables that reach the same backends
 
 
@@ -79,9 +81,9 @@ def read_mesh(data_dir: Path) -> Mesh | None:
 
 
 @contextlib.contextmanager
-def _mesh_file(settings: Settings, urls: dict[str, str]) -> Iterator[None]:
+def _mesh_file(settings: Settings, urls: dict[str, str], service: str) -> Iterator[None]:
     path = settings.data_dir.resolve() / MESH_FILE
-    mesh = Mesh(pid=os.getpid(), servers=urls, backends=backend_env(settings))
+    mesh = Mesh(pid=os.getpid(), servers=urls, orchestrator=service, backends=backend_env(settings))
     partial = path.with_suffix(".partial")
     # 0600: the backend URLs may hold passwords, as the signing key beside it does.
     with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
@@ -126,14 +128,41 @@ async def serve_http(
         await asyncio.Event().wait()
 
 
+@contextlib.asynccontextmanager
+async def serving_orchestrator(
+    settings: Settings, urls: dict[str, str], sock: socket.socket
+) -> AsyncIterator[str]:
+    """The orchestrator service on ``sock``, reaching the servers at ``urls``, until the block
+    exits; yields its base URL."""
+    from orchestrator.service import service_app
+
+    host, port = sock.getsockname()[:2]
+    async with serving_http(service_app(settings, urls), sock):
+        yield f"http://{host}:{port}"
+
+
+async def serve_orchestrator(
+    settings: Settings, host: str, port: int, urls: dict[str, str]
+) -> None:
+    """Serve the orchestrator service until cancelled."""
+    sock = _listen("orchestrator", host, port)
+    async with serving_orchestrator(settings, urls, sock) as url:
+        sys.stderr.write(f"orchestrator: {url}\n")  # one write, as serve_http's
+        sys.stderr.flush()
+        await asyncio.Event().wait()
+
+
 async def run_up(
     settings: Settings, host: str, port_offset: int | None, started: float, demo: bool = False
 ) -> None:
-    """Serve every server on HTTP until cancelled: on its own port plus ``port_offset``, or on
-    free ports when ``port_offset`` is None. ``demo``: load the demo knowledge base into an
-    empty knowledge server first."""
+    """Serve every server on HTTP, and the orchestrator service, until cancelled: on its own
+    port plus ``port_offset``, or on free ports when ``port_offset`` is None. ``demo``: load
+    the demo knowledge base into an empty knowledge server first."""
+    import orchestrator.tasks  # noqa: F401  (registered before the worker starts)
+
     urls: dict[str, str] = {}
-    work_here(*SERVERS)  # one Celery worker in this process runs every server's tasks
+    # One Celery worker in this process runs every server's tasks, and the orchestrator's.
+    work_here(*SERVERS, "orchestrator")
     # Every server is built (its tasks imported) before the first one starts that worker: a
     # task registered after the worker started is one it refuses as unregistered.
     servers = {name: entry.module.build_server(settings) for name, entry in SERVERS.items()}
@@ -145,8 +174,11 @@ async def run_up(
             urls[name] = await stack.enter_async_context(serving)
         if demo:
             await _load_demo_articles(settings, urls["knowledge"])
-        stack.enter_context(_mesh_file(settings, urls))
-        _print_mesh(settings, urls, time.monotonic() - started)
+        port = 0 if port_offset is None else ORCHESTRATOR_PORT + port_offset
+        sock = _listen("orchestrator", host, port)
+        service = await stack.enter_async_context(serving_orchestrator(settings, urls, sock))
+        stack.enter_context(_mesh_file(settings, urls, service))
+        _print_mesh(settings, urls, service, time.monotonic() - started)
         await asyncio.Event().wait()
 
 
@@ -163,9 +195,14 @@ async def _load_demo_articles(settings: Settings, url: str) -> None:
         await load_demo_articles(client, Console(stderr=True))
 
 
-def _print_mesh(settings: Settings, urls: dict[str, str], seconds: float) -> None:
+def _print_mesh(settings: Settings, urls: dict[str, str], service: str, seconds: float) -> None:
     lines = [f"SupportMesh is up in {seconds:.1f} s.", "", "MCP servers (streamable HTTP):"]
     lines += [f"  {name:<10} {url}" for name, url in urls.items()]
+    lines += [
+        "",
+        f"Orchestrator service: {service}  (handles every new ticket; POST /tickets, "
+        "GET /tickets/ID, GET /tickets/ID/events)",
+    ]
     lines += [
         f"  (also in {settings.data_dir.resolve() / MESH_FILE} while up runs)",
         "",

@@ -16,6 +16,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from jsonschema.validators import validator_for
 from langchain_core.tools import BaseTool
 from langchain_mcp_adapters.interceptors import MCPToolCallRequest, MCPToolCallResult
 from langchain_mcp_adapters.tools import load_mcp_tools
+from langgraph.config import get_stream_writer
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
@@ -193,6 +195,20 @@ class ServerLink:
             await self._holder
 
 
+# The trace of the run in this task (a service's runs share one Mesh, each its own trace).
+RUN_TRACE: ContextVar[str | None] = ContextVar("RUN_TRACE", default=None)
+
+
+def _report_call(name: str, outcome: str, started: float) -> None:
+    try:
+        write = get_stream_writer()
+    except RuntimeError:  # not inside a graph run
+        return
+    write(
+        {"tool": name, "outcome": outcome, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    )
+
+
 @dataclass
 class Mesh:
     """One run's links, one per server, and the tools they offer."""
@@ -203,15 +219,32 @@ class Mesh:
     server_of: dict[str, str] = field(default_factory=dict)
 
     def traceparent(self) -> str:
-        """The caller's span when OpenTelemetry has one, else a fresh span of the run's trace."""
+        """The caller's span when OpenTelemetry has one, else a fresh span of the run's trace
+        (``RUN_TRACE`` where a run sets one: runs of a service share one mesh)."""
         carrier: dict[str, str] = {}
         if trace.get_current_span().get_span_context().is_valid:
             propagate.inject(carrier)
-        return carrier.get("traceparent") or f"00-{self.trace_id}-{os.urandom(8).hex()}-01"
+        trace_id = RUN_TRACE.get() or self.trace_id
+        return carrier.get("traceparent") or f"00-{trace_id}-{os.urandom(8).hex()}-01"
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         """``tools/call`` on the server that offers ``name``, with the trace in ``_meta``; a
-        server that cannot be reached, or whose session broke, raises ``Unavailable``."""
+        server that cannot be reached, or whose session broke, raises ``Unavailable``.
+
+        Inside a graph run, each call is also reported on the run's ``custom`` stream as
+        ``{"tool", "outcome", "ms"}`` (outcome ``ok`` or the error code)."""
+        started, outcome = time.perf_counter(), "unavailable"
+        try:
+            result = await self._call_tool(name, arguments)
+            outcome = _error_text(result).split(":", 1)[0] if result.isError else "ok"
+            return result
+        except ToolFailed as exc:
+            outcome = exc.code
+            raise
+        finally:
+            _report_call(name, outcome, started)
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         server = self.server_of[name]
         link = self.links[server]
         session = await link.open()

@@ -28,14 +28,15 @@ SCHEMA = "orchestrator"
 
 
 @contextlib.asynccontextmanager
-async def postgres_checkpointer(url: str) -> AsyncIterator[AsyncPostgresSaver]:
-    """LangGraph's PostgreSQL saver on ``url``, its tables in the ``orchestrator`` schema."""
+async def postgres_checkpointer(url: str, max_size: int = 4) -> AsyncIterator[AsyncPostgresSaver]:
+    """LangGraph's PostgreSQL saver on ``url``, its tables in the ``orchestrator`` schema, on a
+    pool of up to ``max_size`` connections."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     async with AsyncConnectionPool(
         url,
         min_size=1,
-        max_size=4,
+        max_size=max_size,
         open=False,
         kwargs={
             # What the saver's setup() needs on a fresh database, and our schema.
@@ -77,6 +78,33 @@ async def lease(url: str, ticket_id: int) -> AsyncIterator[None]:
         if row is None or not row[0]:
             raise Busy(f"ticket {ticket_id} is being handled by another runner")
         yield
+
+
+def describe(node: str, written: Any) -> str:
+    """One line on what a node decided."""
+    if node == "__interrupt__":
+        request = written[0].value
+        action = request["action_requests"][0]
+        return f"waiting for approval {request['approval_id']}: {action['description']}"
+    if not isinstance(written, dict):
+        return ""
+    if node == "triage":
+        return f"intent {written['triage']['intent']}, customer {written.get('customer_id')}"
+    if node == "solution" and written.get("plan"):
+        plan = written["plan"]
+        return f"action {plan['tool']}" if plan["tool"] else f"no action: {plan['blocked']}"
+    if node == "act":
+        return f"{written['outcome']['tool']}: {written['outcome']['status']}"
+    if node == "quality":
+        return "; ".join(written["quality"]["problems"]) or "reply ok"
+    if node == "resolve":
+        return str(written["decisions"][-1]["detail"])
+    if node == "research":
+        return ", ".join(
+            f"{k}: {'error' if v.get('error') else 'ok'}"
+            for k, v in written.get("evidence", {}).items()
+        )
+    return ""
 
 
 def thread(ticket_id: int) -> RunnableConfig:

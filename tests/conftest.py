@@ -419,10 +419,12 @@ def serving(
         yield proc, url
 
 
-def served_url(proc: subprocess.Popen[bytes], name: str, log: Path) -> str:
-    """The MCP URL ``supportmesh serve NAME`` prints once it listens (on a port of its choice)."""
+def served_url(proc: subprocess.Popen[bytes], name: str, log: Path, path: str = "/mcp") -> str:
+    """The URL ``supportmesh serve NAME`` (or ``orchestrator``) prints once it listens (on a
+    port of its choice): its MCP URL, or with ``path=""`` its base URL."""
     deadline = time.monotonic() + STARTUP_SECONDS
-    while not (found := re.search(rf"^{name}: (http://\S+/mcp)$", log.read_text(), re.M)):
+    pattern = rf"^{name}: (http://[^\s/]+{path})$"
+    while not (found := re.search(pattern, log.read_text(), re.M)):
         if proc.poll() is not None:
             raise AssertionError(f"{proc.args!r} exited {proc.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
@@ -461,6 +463,29 @@ def memory_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
 def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with serving_over_http("approvals", settings, tmp_path_factory.mktemp("http")) as url:
         yield url
+
+
+@pytest.fixture
+def urls(
+    ticketing_http: str, crm_http: str, knowledge_http: str, memory_http: str, approvals_http: str
+) -> dict[str, str]:
+    """The five servers on streamable HTTP, by name."""
+    return {
+        "ticketing": ticketing_http,
+        "crm": crm_http,
+        "knowledge": knowledge_http,
+        "memory": memory_http,
+        "approvals": approvals_http,
+    }
+
+
+async def order_status(crm: Crm, order_id: str) -> str:
+    async with crm.pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
+        ).fetchone()
+    assert row is not None
+    return str(row["status"])
 
 
 CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"

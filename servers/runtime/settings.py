@@ -6,6 +6,7 @@ backend whose URL is unset runs embedded under ``data_dir`` (see ``backends.py``
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
@@ -145,6 +146,42 @@ class Settings(BaseSettings):
         ge=0,
         description="Customers who spent this much are VIPs: any refund of theirs is approved "
         "by a human.",
+    )
+    mcp_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="The MCP URLs the orchestrator service reaches the servers at, as JSON "
+        '({"ticketing": "http://host:8701/mcp", ...}); unset: those of the running '
+        "`supportmesh up` in the data directory.",
+    )
+    orchestrator_concurrency: int = Field(
+        8, ge=1, le=256, description="Tickets one orchestrator service runs at once."
+    )
+    orchestrator_consume_tickets: bool = Field(
+        True,
+        description="The orchestrator service starts a run for every ticket created on the "
+        "ticketing server (customer.requests); false: only for tickets submitted to its "
+        "POST /tickets. Approval decisions are followed either way.",
+    )
+    orchestrator_group: str = Field(
+        "orchestrator",
+        min_length=1,
+        description="The orchestrator's Kafka consumer group: replicas in one group share "
+        "the tickets.",
+    )
+    orchestrator_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where the orchestrator's Kafka consumer group starts the first time it "
+        "runs (after that, at its committed offsets): earliest handles every ticket still on "
+        "the topics; latest only those created from then on.",
+    )
+    checkpoint_retention_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="A resolved ticket's checkpoints are pruned to its last one this long "
+        "after it was resolved.",
+    )
+    checkpoint_prune_seconds: float = Field(
+        3600.0, gt=0, description="How often the checkpoint pruning task runs."
     )
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,24 +35,12 @@ from servers.runtime.settings import Settings
 from tests.conftest import (
     STARTUP_SECONDS,
     SUPPORTMESH,
+    order_status,
     running,
     serving,
     supportmesh_env,
     token,
 )
-
-
-@pytest.fixture
-def urls(
-    ticketing_http: str, crm_http: str, knowledge_http: str, memory_http: str, approvals_http: str
-) -> dict[str, str]:
-    return {
-        "ticketing": ticketing_http,
-        "crm": crm_http,
-        "knowledge": knowledge_http,
-        "memory": memory_http,
-        "approvals": approvals_http,
-    }
 
 
 @pytest.fixture
@@ -110,15 +99,6 @@ async def ticket_of(agent: Client[Any], ticket_id: int) -> dict[str, Any]:
     return got.structured_content
 
 
-async def order_status(crm: Crm, order_id: str) -> str:
-    async with crm.pool.connection() as conn:
-        row = await (
-            await conn.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
-        ).fetchone()
-    assert row is not None
-    return str(row["status"])
-
-
 async def test_a_refund_under_the_threshold_is_acted_on_and_the_ticket_resolved(
     settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
 ) -> None:
@@ -159,6 +139,7 @@ async def test_a_refund_under_the_threshold_is_acted_on_and_the_ticket_resolved(
 async def test_a_refund_over_the_threshold_waits_for_a_human_and_is_acted_on_once(
     settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
 ) -> None:
+    since = datetime.now().astimezone()  # other tests cancel this order too
     ticket_id = await new_ticket(
         agent,
         "ada_quill_1001",
@@ -203,8 +184,9 @@ async def test_a_refund_over_the_threshold_waits_for_a_human_and_is_acted_on_onc
     cancels = await count(
         settings,
         "SELECT count(*) FROM crm.audit WHERE tool = 'cancel_pending_order' AND subject = %s"
-        " AND actor = 'orchestrator'",
+        " AND actor = 'orchestrator' AND at >= %s",
         "order/#W9000001",
+        since,
     )
     requests = await count(
         settings,

@@ -14,10 +14,10 @@ from orchestrator.policy import Limits
 from servers.runtime.settings import Settings
 from tests.conftest import fresh_database, require_shared_data, serving_over_http, token
 from tests.integration.test_crm_data import supportmesh
-from tests.integration.test_orchestrator import agent, new_ticket, run, urls
+from tests.integration.test_orchestrator import agent, new_ticket, run
 
 RETAIL = require_shared_data() / "tau2" / "retail"
-__all__ = ["agent", "urls"]  # fixtures, shared with test_orchestrator.py
+__all__ = ["agent"]  # a fixture, shared with test_orchestrator.py
 
 
 @pytest.fixture(scope="module")

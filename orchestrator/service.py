@@ -1,0 +1,447 @@
+"""``supportmesh orchestrator``: the ticket graph as a service (DESIGN §6).
+
+It takes every new ticket (from ``customer.requests``, or ``POST /tickets``), runs it, and waits
+for as long as a human takes to decide an approval, across restarts and replicas; the runs,
+their checkpoints and their events live in PostgreSQL (schema ``orchestrator``), so any replica
+can go on with any ticket. The API (bearer JWT as on the servers: ``agent`` to submit and read,
+``approver`` to resume, ``admin`` to replay):
+
+    POST /tickets                     create a ticket on the ticketing server and run it (202)
+    GET  /tickets/{id}                status, current node, pending approval, decisions so far
+    GET  /tickets/{id}/history        its checkpoints, newest first (time travel)
+    POST /tickets/{id}/replay         run again from one of them (admin; writes are keyed, so
+                                      what was done is not done twice)
+    POST /tickets/{id}/resume         wake a paused run: {"approval_id"}; the decision is read
+                                      from the approvals server, never from the request
+    GET  /tickets/{id}/events         server-sent events of the run's progress
+    GET  /healthz /readyz /metrics
+
+Errors are JSON ``{"error": code, "field": ..., "message": "code: field: reason"}`` with the
+HTTP status of the code (400, 401, 403, 404, 409, 413, 503).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_jsonable_python
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from orchestrator import runner as runs
+from orchestrator.consumer import consume
+from orchestrator.graph import RunContext, build_graph
+from orchestrator.mesh import Mesh, ToolFailed, Unavailable, open_mesh
+from orchestrator.model import chat_model
+from orchestrator.policy import Limits
+from orchestrator.run import SCHEMA, postgres_checkpointer, thread
+from orchestrator.runner import Graph, Runner
+from orchestrator.tasks import PRUNE_TASK
+from schemas.errors import ErrorCode
+from schemas.roles import Role
+from schemas.ticketing import NewTicket
+from servers.runtime.auth import Caller, RememberingVerifier, issue_token, token_verifier
+from servers.runtime.database import Pool
+from servers.runtime.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    SupportMeshError,
+    Unauthenticated,
+)
+from servers.runtime.events import schema_with_outbox
+from servers.runtime.keys import joined_key
+from servers.runtime.serve import invalid_argument, probes
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import beat_in_thread, worker_in_thread
+
+log = logging.getLogger(__name__)
+
+NAME = "orchestrator"
+MIGRATIONS = Path(__file__).parent / "migrations"
+MAX_BODY_BYTES = 1 << 20
+ACTOR = "orchestrator"  # who the service is to the servers, unless its token says otherwise
+M = TypeVar("M", bound=BaseModel)
+STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+
+class TicketSubmission(NewTicket):
+    """``POST /tickets``: the ticket to open, as ``create_ticket`` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resume(BaseModel):
+    """``POST /tickets/{id}/resume``: which approval was decided. Not the decision itself: the
+    run reads it from the approvals server."""
+
+    model_config = ConfigDict(extra="forbid")
+    approval_id: str = Field(min_length=1, max_length=100)
+
+
+class Replay(BaseModel):
+    """``POST /tickets/{id}/replay``: the checkpoint to run the ticket again from."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint_id: str = Field(min_length=1, max_length=100)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    pool: Pool
+    graph: Graph
+    mesh: Mesh
+    verifier: RememberingVerifier | None
+    consuming: asyncio.Event  # the Kafka consumer has its partitions
+
+
+async def _open_mesh(stack: contextlib.AsyncExitStack, urls: dict[str, str], bearer: str) -> Mesh:
+    """Sessions to every server, waiting up to a minute for servers still starting."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(60),
+        reraise=True,
+    ):
+        with attempt:
+            return await stack.enter_async_context(open_mesh(urls, bearer))
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, urls: dict[str, str]) -> AsyncIterator[Service]:
+    """The service's parts, running until the block exits: its schema and outbox relay, the
+    checkpointer, sessions to the servers, the runners, the Kafka consumer, and Celery's
+    worker and beat for checkpoint pruning."""
+    assert settings.postgres_url
+    bearer = (
+        settings.orchestrator_token.get_secret_value()
+        if settings.orchestrator_token
+        else issue_token(settings, Role.AGENT, ACTOR, ttl_seconds=7 * 24 * 3600)
+    )
+    limits = Limits(
+        settings.approval_threshold, settings.vip_lifetime_spend, settings.approval_expires_seconds
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(schema_with_outbox(settings, SCHEMA, MIGRATIONS))
+        saver = await stack.enter_async_context(
+            postgres_checkpointer(settings.postgres_url, settings.orchestrator_concurrency + 2)
+        )
+        mesh = await _open_mesh(stack, urls, bearer)
+        graph = build_graph(saver)
+        context = RunContext(mesh, limits, chat_model(settings))
+        runner = Runner(
+            pool, settings.postgres_url, graph, context, settings.orchestrator_concurrency
+        )
+        prune = {PRUNE_TASK: {"task": PRUNE_TASK, "schedule": settings.checkpoint_prune_seconds}}
+        stack.enter_context(worker_in_thread(settings, NAME))
+        stack.enter_context(beat_in_thread(settings, NAME, prune))
+        consuming = asyncio.Event()
+        workers = [
+            asyncio.create_task(runner.run_forever(), name="orchestrator-runner"),
+            asyncio.create_task(consume(settings, pool, consuming), name="orchestrator-consumer"),
+        ]
+        try:
+            verifier = token_verifier(settings) if settings.http_auth else None
+            yield Service(settings, pool, graph, mesh, verifier, consuming)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+async def _caller(request: Request, scope: str, what: str) -> Caller:
+    """Who sent the request, if their token has ``scope``."""
+    service = _service(request)
+    if service.verifier is None:  # SUPPORTMESH_HTTP_AUTH=false
+        return Caller(
+            actor=service.settings.actor, scopes=frozenset({"agent", "approver", "admin"})
+        )
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise Unauthenticated("authorization", "send 'Authorization: Bearer <token>'")
+    token = await service.verifier.verify_token(header[7:].strip())
+    if token is None:
+        raise Unauthenticated("authorization", "the bearer token is invalid or expired")
+    caller = Caller(
+        actor=str(token.claims.get("sub") or token.client_id), scopes=frozenset(token.scopes)
+    )
+    caller.require(scope, what)
+    return caller
+
+
+def _ticket_id(request: Request) -> int:
+    text = request.path_params["ticket_id"]
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise InvalidArgument("ticket_id", f"not a ticket number: {text[:40]!r}")
+    return int(text)
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    declared = request.headers.get("content-length", "0")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _TooLarge()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _TooLarge()
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise invalid_argument(exc) from exc
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _json(content: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(to_jsonable_python(content), status_code=status_code)
+
+
+def _links(ticket_id: int) -> dict[str, str]:
+    base = f"/tickets/{ticket_id}"
+    return {"self": base, "events": f"{base}/events", "history": f"{base}/history"}
+
+
+async def submit(request: Request) -> Response:
+    """Open the ticket on the ticketing server, then queue its run."""
+    caller = await _caller(request, "agent", "submitting a ticket")
+    ticket = await _body(request, TicketSubmission)
+    service = _service(request)
+    arguments = ticket.model_dump(mode="json", exclude_none=True)
+    if key := request.headers.get("idempotency-key"):
+        # The same key from the same caller opens one ticket, however often it is retried.
+        arguments["idempotency_key"] = joined_key("orchestrator-api", caller.actor, key)[:200]
+    created = await service.mesh.calls("create_ticket").call("create_ticket", **arguments)
+    ticket_id = int(created["id"])
+    async with service.pool.connection() as conn:
+        await runs.enqueue(conn, ticket_id, caller.actor)
+    return _json({"ticket_id": ticket_id, "status": "queued", "links": _links(ticket_id)}, 202)
+
+
+async def show(request: Request) -> Response:
+    """Where the ticket's run is: status, current node, pending approval, decisions so far."""
+    await _caller(request, "agent", "reading a ticket's run")
+    ticket_id, service = _ticket_id(request), _service(request)
+    run = await runs.get_run(service.pool, ticket_id)
+    snapshot = await service.graph.aget_state(thread(ticket_id))
+    if run is None and snapshot.created_at is None:
+        raise NotFound("ticket_id", f"the orchestrator has no run of ticket {ticket_id}")
+    values = snapshot.values
+    pending = snapshot.interrupts[0].value if snapshot.interrupts else None
+    return _json(
+        {
+            "ticket_id": ticket_id,
+            "status": run["status"] if run else ("waiting" if pending else "resolved"),
+            "node": snapshot.next[0] if snapshot.next else (run or {}).get("node"),
+            "pending_approval": pending,
+            "intent": (values.get("triage") or {}).get("intent"),
+            "plan": values.get("plan"),
+            "outcome": values.get("outcome"),
+            "reply": (values.get("reply") or {}).get("text"),
+            "decisions": values.get("decisions", []),
+            "checkpoint_id": (snapshot.config.get("configurable") or {}).get("checkpoint_id"),
+            "run": {k: v for k, v in (run or {}).items() if k not in ("ticket_id", "status")},
+            "links": _links(ticket_id),
+        }
+    )
+
+
+async def history(request: Request) -> Response:
+    """The ticket's checkpoints, newest first: what each step wrote and what came next."""
+    await _caller(request, "agent", "reading a ticket's history")
+    ticket_id, service = _ticket_id(request), _service(request)
+    limit_text = request.query_params.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise InvalidArgument("limit", "a number from 1 to 1000")
+    checkpoints = [
+        {
+            "checkpoint_id": snap.config["configurable"]["checkpoint_id"],
+            "parent_checkpoint_id": (snap.parent_config or {})
+            .get("configurable", {})
+            .get("checkpoint_id"),
+            "created_at": snap.created_at,
+            "step": (snap.metadata or {}).get("step"),
+            "source": (snap.metadata or {}).get("source"),
+            "next": list(snap.next),
+            "interrupted": bool(snap.interrupts),
+        }
+        async for snap in service.graph.aget_state_history(thread(ticket_id), limit=int(limit_text))
+    ]
+    if not checkpoints:
+        raise NotFound("ticket_id", f"ticket {ticket_id} has no checkpoints")
+    return _json({"ticket_id": ticket_id, "checkpoints": checkpoints})
+
+
+async def replay(request: Request) -> Response:
+    """Run the ticket again from one of its checkpoints (for debugging a bad run)."""
+    caller = await _caller(request, "admin", "replaying a ticket")
+    ticket_id, service = _ticket_id(request), _service(request)
+    chosen = await _body(request, Replay)
+    config: RunnableConfig = {
+        "configurable": {"thread_id": str(ticket_id), "checkpoint_id": chosen.checkpoint_id}
+    }
+    if (await service.graph.aget_state(config)).created_at is None:
+        raise NotFound(
+            "checkpoint_id", f"ticket {ticket_id} has no checkpoint {chosen.checkpoint_id}"
+        )
+    async with service.pool.connection() as conn, conn.transaction():
+        await runs.enqueue(conn, ticket_id, caller.actor)
+        await runs.wake_for_replay(conn, ticket_id, chosen.checkpoint_id)
+    log.info("%s replays ticket %s from %s", caller.actor, ticket_id, chosen.checkpoint_id)
+    return _json(
+        {"ticket_id": ticket_id, "status": "queued", "replay_from": chosen.checkpoint_id}, 202
+    )
+
+
+async def resume(request: Request) -> Response:
+    """Wake the run paused on an approval once the approvals server holds its decision."""
+    caller = await _caller(request, "approver", "resuming a ticket")
+    ticket_id, service = _ticket_id(request), _service(request)
+    asked = await _body(request, Resume)
+    try:
+        record = await service.mesh.calls("get_approval").call(
+            "get_approval", approval_id=asked.approval_id
+        )
+    except ToolFailed as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            raise NotFound(
+                "approval_id", f"the approvals server holds no approval {asked.approval_id}"
+            ) from exc
+        raise
+    if record["subject"] != f"ticket:{ticket_id}":
+        raise Conflict("approval_id", f"{asked.approval_id} is for {record['subject']}")
+    if record["status"] == "pending":
+        raise Conflict("approval_id", f"{asked.approval_id} is not decided yet")
+    run = await runs.get_run(service.pool, ticket_id)
+    if run is None or run["approval_id"] != asked.approval_id:
+        raise Conflict("approval_id", f"ticket {ticket_id} is not waiting for {asked.approval_id}")
+    async with service.pool.connection() as conn:
+        await runs.wake_on_decision(conn, ticket_id)
+    log.info("%s resumes ticket %s after %s", caller.actor, ticket_id, asked.approval_id)
+    return _json(
+        {
+            "ticket_id": ticket_id,
+            "approval_id": asked.approval_id,
+            "decision": record["status"],
+            "decided_by": record.get("decided_by"),
+            "status": "resuming",
+        },
+        202,
+    )
+
+
+async def events(request: Request) -> Response:
+    """Server-sent events of the run: ``run.started``, ``node.started``, ``tool.called``,
+    ``node.finished``, then ``run.interrupted``, ``run.resolved`` or ``run.failed``, where the
+    stream ends. ``Last-Event-ID`` (or ``?after=``) continues after an event already seen."""
+    await _caller(request, "agent", "following a ticket's run")
+    ticket_id, service = _ticket_id(request), _service(request)
+    if await runs.get_run(service.pool, ticket_id) is None:
+        raise NotFound("ticket_id", f"the orchestrator has no run of ticket {ticket_id}")
+    after_text = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+    if not after_text.isdigit():
+        raise InvalidArgument("after", "an event id from this stream")
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for seq, event in runs.stream_events(service.pool, ticket_id, int(after_text)):
+            yield ServerSentEvent(data=json.dumps(event), event=event["type"], id=str(seq))
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """Our typed errors, and a tool's error from the servers, as JSON with their status."""
+    if isinstance(exc, _TooLarge):
+        error = InvalidArgument("body", f"larger than {MAX_BODY_BYTES} bytes")
+        return JSONResponse(
+            {"error": error.code.value, "field": "body", "message": str(error)}, status_code=413
+        )
+    if isinstance(exc, SupportMeshError):
+        code, field, message = exc.code, exc.field, str(exc)
+    elif isinstance(exc, ToolFailed):
+        known = {c.value for c in ErrorCode}
+        code = ErrorCode(exc.code) if exc.code in known else ErrorCode.UNAVAILABLE
+        parts = exc.text.split(": ", 2)
+        field, message = (parts[1] if len(parts) == 3 else None), exc.text
+    else:
+        raise exc
+    headers = (
+        {"WWW-Authenticate": 'Bearer realm="supportmesh"'} if code == "unauthenticated" else {}
+    )
+    return JSONResponse(
+        {"error": code.value, "field": field, "message": message},
+        status_code=STATUS[code],
+        headers=headers,
+    )
+
+
+def service_app(settings: Settings, urls: dict[str, str]) -> Starlette:
+    """The orchestrator service's Starlette app; its parts start with the app's lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with running_service(settings, urls) as service:
+            app.state.service = service
+            yield
+
+    async def servers_ready() -> None:
+        for link in app.state.service.mesh.links.values():
+            await link.open()
+
+    async def consuming() -> None:
+        if not app.state.service.consuming.is_set():
+            raise RuntimeError("the Kafka consumer has no partitions yet")
+
+    routes = [
+        Route("/tickets", submit, methods=["POST"]),
+        Route("/tickets/{ticket_id}", show, methods=["GET"]),
+        Route("/tickets/{ticket_id}/history", history, methods=["GET"]),
+        Route("/tickets/{ticket_id}/replay", replay, methods=["POST"]),
+        Route("/tickets/{ticket_id}/resume", resume, methods=["POST"]),
+        Route("/tickets/{ticket_id}/events", events, methods=["GET"]),
+    ]
+    checks = probes(NAME, settings, ("postgres",), {"servers": servers_ready, "kafka": consuming})
+    routes += [Route(path, endpoint, methods=["GET"]) for path, endpoint in checks.items()]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            SupportMeshError: _refused,
+            ToolFailed: _refused,
+            _TooLarge: _refused,
+        },
+    )
+    return app
