@@ -265,7 +265,9 @@ class Runner:
             how = "continue"  # its last runner died mid-run: on from the last checkpoint
         else:
             return await self._finished(ticket_id, snapshot)
-        await self.publish(ticket_id, "run.started", {"how": how, "runner": RUNNER})
+        # Events are written a node at a time (one transaction, one wake-up of the relay),
+        # and the last ones together with the run's end.
+        pending = [progress(ticket_id, "run.started", {"how": how, "runner": RUNNER})]
         stream = self.graph.astream(
             start,
             config,
@@ -278,55 +280,58 @@ class Runner:
         async for namespace, mode, item in stream:  # type: ignore[assignment]
             within = {"within": namespace[0].split(":")[0]} if namespace else {}
             if mode == "custom":
-                await self.publish(ticket_id, "tool.called", {**item, **within})
+                pending.append(progress(ticket_id, "tool.called", {**item, **within}))
             elif "input" in item:
-                await self.publish(ticket_id, "node.started", {"node": item["name"], **within})
+                pending.append(
+                    progress(ticket_id, "node.started", {"node": item["name"], **within})
+                )
             elif not item["interrupts"]:
                 result = item["result"] if isinstance(item["result"], dict) else {}
-                await self.publish(
-                    ticket_id,
-                    "node.finished",
-                    {
-                        "node": item["name"],
-                        **within,
-                        "summary": describe(item["name"], result),
-                        "decisions": result.get("decisions", []),
-                        "error": str(item["error"]) if item["error"] else None,
-                    },
-                )
-        return await self._finished(ticket_id, await self.graph.aget_state(thread(ticket_id)))
+                finished = {
+                    "node": item["name"],
+                    **within,
+                    "summary": describe(item["name"], result),
+                    "decisions": result.get("decisions", []),
+                    "error": str(item["error"]) if item["error"] else None,
+                }
+                pending.append(progress(ticket_id, "node.finished", finished))
+                if not namespace:
+                    async with self.pool.connection() as conn:
+                        await add_to_outbox(conn, pending)
+                    pending = []
+        snapshot = await self.graph.aget_state(thread(ticket_id))
+        return await self._finished(ticket_id, snapshot, pending)
 
-    async def _finished(self, ticket_id: int, snapshot: Any) -> str:
-        """Record where the run stopped: waiting for a human, or resolved."""
+    async def _finished(
+        self, ticket_id: int, snapshot: Any, pending: list[tuple[Topic, Event]] | None = None
+    ) -> str:
+        """Record where the run stopped, waiting for a human or resolved, with the run's last
+        events (``pending``) and its end."""
         approval_id = pending_approval(snapshot)
         status = "waiting" if snapshot.interrupts else "resolved" if not snapshot.next else None
         if status is None:
             raise RuntimeError(f"the run stopped before {snapshot.next} with no interrupt")
         decisions = snapshot.values.get("decisions", [])
+        # The end's event id comes from the checkpoint it describes: a run after a crash that
+        # reaches the same end does not announce it twice.
         checkpoint = snapshot.config["configurable"]["checkpoint_id"]
+        if status == "waiting":
+            end = progress(ticket_id, "run.interrupted", snapshot.interrupts[0].value, checkpoint)
+        else:
+            reply = (snapshot.values.get("reply") or {}).get("text")
+            outcome = {"outcome": snapshot.values.get("outcome"), "reply": reply}
+            end = progress(ticket_id, "run.resolved", outcome, checkpoint)
         async with self.pool.connection() as conn, conn.transaction():
-            node = decisions[-1]["node"] if decisions else None
             await conn.execute(
                 FINISH,
                 {
                     "status": status,
-                    "node": node,
+                    "node": decisions[-1]["node"] if decisions else None,
                     "approval_id": approval_id,
                     "ticket_id": ticket_id,
                 },
             )
-            if status == "waiting":
-                request = snapshot.interrupts[0].value
-                await self._add(conn, ticket_id, "run.interrupted", request, key=checkpoint)
-            else:
-                reply = (snapshot.values.get("reply") or {}).get("text")
-                await self._add(
-                    conn,
-                    ticket_id,
-                    "run.resolved",
-                    {"outcome": snapshot.values.get("outcome"), "reply": reply},
-                    key=checkpoint,
-                )
+            await add_to_outbox(conn, [*(pending or []), end])
         return status
 
     async def _failed(self, ticket_id: int, exc: Exception) -> str:
@@ -349,28 +354,23 @@ class Runner:
 
     async def publish(self, ticket_id: int, type: str, data: dict[str, Any]) -> None:
         async with self.pool.connection() as conn:
-            await self._add(conn, ticket_id, type, data)
+            await add_to_outbox(conn, [progress(ticket_id, type, data)])
 
-    async def _add(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        ticket_id: int,
-        type: str,
-        data: dict[str, Any],
-        key: str | None = None,
-    ) -> None:
-        """One progress event on ``agent.actions``; ``key`` makes its id stable, so that the
-        event is not repeated when a run after a crash reaches the same end."""
-        event = Event(
-            type=type,
-            source=SOURCE,
-            subject=subject(ticket_id),
-            data={"ticket_id": ticket_id, **data},
-            trace_id=RUN_TRACE.get(),
-        )
-        if key is not None:
-            event.id = uuid.uuid5(uuid.NAMESPACE_URL, f"supportmesh:{subject(ticket_id)}:{key}")
-        await add_to_outbox(conn, [(Topic.AGENT_ACTIONS, event)])
+
+def progress(
+    ticket_id: int, type: str, data: dict[str, Any], key: str | None = None
+) -> tuple[Topic, Event]:
+    """A progress event of the ticket's run on ``agent.actions``; ``key`` makes its id stable."""
+    event = Event(
+        type=type,
+        source=SOURCE,
+        subject=subject(ticket_id),
+        data={"ticket_id": ticket_id, **data},
+        trace_id=RUN_TRACE.get(),
+    )
+    if key is not None:
+        event.id = uuid.uuid5(uuid.NAMESPACE_URL, f"supportmesh:{subject(ticket_id)}:{key}")
+    return Topic.AGENT_ACTIONS, event
 
 
 async def stream_events(

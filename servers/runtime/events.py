@@ -46,13 +46,17 @@ async def add_to_outbox(
 ) -> None:
     """Queue ``events`` in the outbox of the connection's schema (in its transaction, if one is
     open) and wake the relay. An event whose id is already there is not added again."""
-    for topic, event in events:
-        await conn.execute(
+    if not events:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
             INSERT_OUTBOX,
-            [event.id, topic.value, event.subject, Jsonb(event.model_dump(mode="json"))],
+            [
+                [event.id, topic.value, event.subject, Jsonb(event.model_dump(mode="json"))]
+                for topic, event in events
+            ],
         )
-    if events:
-        await conn.execute(NOTIFY_RELAY)
+    await conn.execute(NOTIFY_RELAY)
 
 
 async def ensure_topics(bootstrap: str, partitions: int = 3) -> None:
