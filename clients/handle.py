@@ -48,11 +48,23 @@ async def handle_ticket(
             RunContext(servers, limits, chat_model(settings)),
             resume={"approval_id": resume} if resume else None,
         )
+        ran = False
         async for node, written in run:
-            waiting = waiting or node == "__interrupt__"
+            ran, waiting = True, waiting or node == "__interrupt__"
             console.print(f"[bold]{node:<17}[/bold] {describe(node, written)}", highlight=False)
+        state = await graph.aget_state({"configurable": {"thread_id": str(ticket_id)}})
+        if not ran:  # someone (the orchestrator service) already took it this far
+            waiting = bool(state.interrupts)
+            console.print(
+                f"ticket {ticket_id} is already "
+                + (
+                    f"waiting for approval {state.interrupts[0].value['approval_id']}"
+                    if waiting
+                    else "resolved"
+                ),
+                highlight=False,
+            )
         if not waiting:
-            state = await graph.aget_state({"configurable": {"thread_id": str(ticket_id)}})
             reply = (state.values.get("reply") or {}).get("text")
             if reply:
                 console.print(f"\n{reply}", highlight=False)

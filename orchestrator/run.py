@@ -111,6 +111,25 @@ def thread(ticket_id: int) -> RunnableConfig:
     return {"configurable": {"thread_id": str(ticket_id)}}
 
 
+async def start_input(
+    graph: CompiledStateGraph[TicketState, RunContext, TicketState, TicketState],
+    ticket_id: int,
+    resume: dict[str, Any] | None = None,
+) -> tuple[str, Any] | None:
+    """How to run the ticket's thread now, from its checkpoints: ``("start", input)`` the first
+    time, ``("resume", Command)`` when it waits for a decision and ``resume`` is given,
+    ``("continue", None)`` when its last runner stopped mid-run; None when there is nothing to
+    do (resolved, or waiting with no ``resume``)."""
+    snapshot = await graph.aget_state(thread(ticket_id))
+    if snapshot.created_at is None:
+        return "start", {"ticket_id": ticket_id}
+    if snapshot.interrupts:
+        return ("resume", Command(resume=resume)) if resume is not None else None
+    if snapshot.next:
+        return "continue", None
+    return None
+
+
 async def steps(
     graph: CompiledStateGraph[TicketState, RunContext, TicketState, TicketState],
     ticket_id: int,
@@ -118,11 +137,14 @@ async def steps(
     *,
     resume: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[str, Any]]:
-    """Start or resume the ticket's run, yielding (node, what it wrote) as each node finishes;
-    a pause for a human's decision comes as ("__interrupt__", its requests)."""
-    start: Any = Command(resume=resume) if resume is not None else {"ticket_id": ticket_id}
+    """Start, continue or resume the ticket's run (``start_input``), yielding (node, what it
+    wrote) as each node finishes; a pause for a human's decision comes as ("__interrupt__",
+    its requests). Nothing, if the run has nothing to do."""
+    start = await start_input(graph, ticket_id, resume)
+    if start is None:
+        return
     async for update in graph.astream(
-        start, thread(ticket_id), context=context, durability="sync", stream_mode="updates"
+        start[1], thread(ticket_id), context=context, durability="sync", stream_mode="updates"
     ):
         for node, written in update.items():
             yield node, written
@@ -138,8 +160,12 @@ async def handle(
     """Start the ticket's run, or resume it after a human decided (``resume``: the approval
     id, which the run reads the decision of). Returns the state it stopped in; a run waiting
     for a decision has ``__interrupt__``."""
-    start: Any = Command(resume=resume) if resume is not None else {"ticket_id": ticket_id}
-    result: dict[str, Any] = await graph.ainvoke(
-        start, thread(ticket_id), context=context, durability="sync"
-    )
-    return result
+    start = await start_input(graph, ticket_id, resume)
+    if start is not None:
+        result: dict[str, Any] = await graph.ainvoke(
+            start[1], thread(ticket_id), context=context, durability="sync"
+        )
+        return result
+    snapshot = await graph.aget_state(thread(ticket_id))
+    waiting = {"__interrupt__": list(snapshot.interrupts)} if snapshot.interrupts else {}
+    return {**snapshot.values, **waiting}

@@ -31,12 +31,11 @@ from typing import Any
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command
 from prometheus_client import Counter, Gauge, Histogram
 
 from orchestrator.graph import RunContext
 from orchestrator.mesh import RUN_TRACE
-from orchestrator.run import Busy, describe, lease, thread
+from orchestrator.run import Busy, describe, lease, start_input, thread
 from orchestrator.state import TicketState
 from schemas.events import Event, Topic
 from servers.runtime.database import Pool
@@ -82,13 +81,15 @@ DUE = """
     ORDER BY updated_at LIMIT %s
 """
 CLAIM = """
-    WITH before AS (SELECT ticket_id, replay_from FROM runs WHERE ticket_id = %s FOR UPDATE)
+    WITH before AS (
+        SELECT ticket_id, replay_from, approval_id FROM runs WHERE ticket_id = %s FOR UPDATE
+    )
     UPDATE runs SET wake = false, status = 'running', replay_from = NULL,
         attempts = runs.attempts + 1, not_before = NULL, error = NULL, updated_at = now()
     FROM before
     WHERE runs.ticket_id = before.ticket_id AND (runs.wake OR runs.status = 'running')
       AND (runs.not_before IS NULL OR runs.not_before <= now())
-    RETURNING runs.trace_id, before.replay_from
+    RETURNING runs.trace_id, before.replay_from, before.approval_id
 """
 FINISH = """
     UPDATE runs SET status = %(status)s, node = %(node)s, approval_id = %(approval_id)s,
@@ -236,7 +237,7 @@ class Runner:
                 started = time.perf_counter()
                 trace = RUN_TRACE.set(claimed["trace_id"])
                 try:
-                    end = await self._run(ticket_id, claimed["replay_from"])
+                    end = await self._run(ticket_id, claimed)
                 except Exception as exc:  # the run failed: recorded and tried again later
                     end = await self._failed(ticket_id, exc)
                 finally:
@@ -249,22 +250,24 @@ class Runner:
         except psycopg.OperationalError as exc:
             log.warning("ticket %s: PostgreSQL unavailable: %s", ticket_id, exc)
 
-    async def _run(self, ticket_id: int, replay_from: str | None) -> str:
+    async def _run(self, ticket_id: int, claimed: dict[str, Any]) -> str:
         config: RunnableConfig = thread(ticket_id)
-        snapshot = await self.graph.aget_state(config)
-        start: Any = None
-        if replay_from:
-            how = f"replay from {replay_from}"
-            config = {"configurable": {"thread_id": str(ticket_id), "checkpoint_id": replay_from}}
-        elif snapshot.created_at is None:
-            how, start = "start", {"ticket_id": ticket_id}
-        elif snapshot.interrupts:
-            # The graph reads the decision of its own approval back; this only wakes it.
-            how, start = "resume", Command(resume={"approval_id": pending_approval(snapshot)})
-        elif snapshot.next:
-            how = "continue"  # its last runner died mid-run: on from the last checkpoint
+        if claimed["replay_from"]:
+            how, start = f"replay from {claimed['replay_from']}", None
+            config = {
+                "configurable": {
+                    "thread_id": str(ticket_id),
+                    "checkpoint_id": claimed["replay_from"],
+                }
+            }
         else:
-            return await self._finished(ticket_id, snapshot)
+            # Woken while paused: a decision arrived (the graph reads it back itself).
+            found = await start_input(
+                self.graph, ticket_id, resume={"approval_id": claimed["approval_id"]}
+            )
+            if found is None:
+                return await self._finished(ticket_id, await self.graph.aget_state(config))
+            how, start = found
         # Events are written a node at a time (one transaction, one wake-up of the relay),
         # and the last ones together with the run's end.
         pending = [progress(ticket_id, "run.started", {"how": how, "runner": RUNNER})]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from fastmcp import Client
 
@@ -99,9 +100,12 @@ async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> Non
     up.proc.wait(timeout=30)
 
 
-async def test_handle_runs_a_demo_ticket_through_the_orchestrator(up: RunningUp) -> None:
-    """A customer's ticket, handled by `supportmesh handle` against the running mesh: the
-    order is cancelled in the CRM and the ticket solved with a reply."""
+async def test_up_handles_a_ticket_created_on_the_ticketing_server_with_no_one_calling_it(
+    up: RunningUp,
+) -> None:
+    """A customer's ticket, created as Claude Desktop would (a tool call on the ticketing
+    server), is handled by `up`'s orchestrator service: the order cancelled in the CRM, the
+    ticket solved, its progress readable; `supportmesh handle` then finds nothing to do."""
     bearer = issue(up.env, "agent")
     async with Client(up.mesh.servers["ticketing"], auth=bearer) as client:
         made = await client.call_tool(
@@ -115,6 +119,25 @@ async def test_handle_runs_a_demo_ticket_through_the_orchestrator(up: RunningUp)
         )
         assert made.structured_content
         ticket_id = made.structured_content["id"]
+    assert up.mesh.orchestrator is not None
+    headers = {"Authorization": f"Bearer {bearer}"}
+    async with httpx.AsyncClient(base_url=up.mesh.orchestrator, headers=headers) as http:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while (shown := await http.get(f"/tickets/{ticket_id}")).status_code != 200 or (
+            shown.json()["status"] != "resolved"
+        ):
+            assert time.monotonic() < deadline, shown.text
+            await asyncio.sleep(0.2)
+        assert shown.json()["outcome"] == {"status": "done", "tool": "cancel_pending_order"}
+        events = (await http.get(f"/tickets/{ticket_id}/events")).text
+    for step in ("intake", "triage", "research", "solution", "act", "quality", "resolve"):
+        assert f'"node": "{step}"' in events
+    async with Client(up.mesh.servers["crm"], auth=bearer) as client:
+        order = await client.call_tool("get_order", {"order_id": "#W5590865"})
+        assert order.structured_content and order.structured_content["status"] == "cancelled"
+    async with Client(up.mesh.servers["ticketing"], auth=bearer) as client:
+        ticket = await client.call_tool("get_ticket", {"ticket_id": ticket_id})
+        assert ticket.structured_content and ticket.structured_content["status"] == "solved"
     done = subprocess.run(
         [SUPPORTMESH, "handle", str(ticket_id)],
         env=up.env,
@@ -123,15 +146,7 @@ async def test_handle_runs_a_demo_ticket_through_the_orchestrator(up: RunningUp)
         timeout=STARTUP_SECONDS,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for step in ("intake", "triage", "research", "solution", "act", "quality", "resolve"):
-        assert step in done.stdout
-    assert "cancel_pending_order: done" in done.stdout
-    async with Client(up.mesh.servers["crm"], auth=bearer) as client:
-        order = await client.call_tool("get_order", {"order_id": "#W5590865"})
-        assert order.structured_content and order.structured_content["status"] == "cancelled"
-    async with Client(up.mesh.servers["ticketing"], auth=bearer) as client:
-        ticket = await client.call_tool("get_ticket", {"ticket_id": ticket_id})
-        assert ticket.structured_content and ticket.structured_content["status"] == "solved"
+    assert f"ticket {ticket_id} is already resolved" in done.stdout
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(timeout=30)
 
