@@ -40,7 +40,6 @@ from typing import Any
 import httpx
 import psycopg
 from fastmcp import Client
-from psycopg_pool import AsyncConnectionPool
 
 from bench.orchestrator import quantile
 from clients import demo_data
@@ -146,12 +145,28 @@ async def in_process(
         return await in_flight(tickets, concurrency, one)
 
 
-RUN_END = """
-    SELECT r.status, (SELECT min((e.event->>'time')::timestamptz) FROM orchestrator.outbox e
-         WHERE e.key = 'ticket/' || r.ticket_id AND e.event->>'type' = 'run.started') AS began,
-         coalesce(r.finished_at, r.updated_at) AS ended
-    FROM orchestrator.runs r WHERE r.ticket_id = %s AND r.status IN ('resolved', 'waiting')
+RUN_ENDS = """
+    SELECT r.ticket_id, (SELECT min((e.event->>'time')::timestamptz) FROM orchestrator.outbox e
+         WHERE e.key = 'ticket/' || r.ticket_id AND e.event->>'type' = 'run.started') AS began
+    FROM orchestrator.runs r
+    WHERE r.ticket_id = ANY(%s) AND r.status IN ('resolved', 'waiting')
 """
+
+
+async def watch_ends(url: str, waiting: dict[int, "asyncio.Future[datetime]"]) -> None:
+    """Resolve each waiting ticket's future with its run's start once the run has ended.
+
+    One connection, woken by the service's outbox notifications (a run's end is written with
+    its last events), so that waiting adds no load of its own to what is measured."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("LISTEN outbox_orchestrator")
+        while True:
+            if waiting:
+                rows = await (await conn.execute(RUN_ENDS, [list(waiting)])).fetchall()
+                for ticket_id, began in rows:
+                    waiting.pop(ticket_id).set_result(began)
+            async for _ in conn.notifies(timeout=0.1, stop_after=1):
+                pass
 
 
 async def through_service(
@@ -163,26 +178,21 @@ async def through_service(
     await reload_store(settings)
     bearer = issue_token(settings, Role.AGENT, "bench-frontdesk")
     handoffs: list[float] = []
-    async with (
-        Client(mesh.servers["ticketing"], auth=bearer) as ticketing,
-        AsyncConnectionPool(settings.postgres_url, min_size=concurrency, open=False) as pool,
-    ):
+    waiting: dict[int, asyncio.Future[datetime]] = {}
+    watcher = asyncio.create_task(watch_ends(settings.postgres_url, waiting))
+    async with Client(mesh.servers["ticketing"], auth=bearer) as ticketing:
 
         async def one(ticket: dict[str, Any]) -> float:
             ticket_id = await create(ticketing, ticket)
             created = time.perf_counter()
             created_at = datetime.now().astimezone()
-            deadline = created + 300
-            while time.perf_counter() < deadline:
-                async with pool.connection() as conn:
-                    row = await (await conn.execute(RUN_END, [ticket_id])).fetchone()
-                if row is not None:
-                    handoffs.append((row[1] - created_at).total_seconds())
-                    return time.perf_counter() - created
-                await asyncio.sleep(0.005)
-            raise SystemExit(f"ticket {ticket_id} did not end in 300 s")
+            ended = waiting[ticket_id] = asyncio.get_running_loop().create_future()
+            began = await asyncio.wait_for(ended, 300)
+            handoffs.append((began - created_at).total_seconds())
+            return time.perf_counter() - created
 
         times, wall = await in_flight(tickets, concurrency, one)
+    watcher.cancel()
     return times, wall, handoffs
 
 

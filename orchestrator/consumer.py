@@ -98,6 +98,8 @@ async def _consume(settings: Settings, pool: Pool, ready: asyncio.Event) -> None
         group_id=settings.orchestrator_group,
         enable_auto_commit=False,
         auto_offset_reset=settings.orchestrator_offset_reset,
+        # A new ticket waits for this at most when the partitions are idle (default 500 ms).
+        fetch_max_wait_ms=50,
     )
     await consumer.start()
     try:
