@@ -172,6 +172,15 @@ async def resolved_soon(settings: Settings, ticket_id: int, why: str) -> None:
         await asyncio.sleep(0.2)
 
 
+async def events_of(settings: Settings, ticket_id: int) -> list[dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(settings.postgres_url or "") as conn:
+        cur = await conn.execute(
+            "SELECT event FROM orchestrator.outbox WHERE key = %s ORDER BY seq",
+            [f"ticket/{ticket_id}"],
+        )
+        return [row[0] for row in await cur.fetchall()]
+
+
 async def decide(lead: Client[Any], approval_id: str, decision: str) -> None:
     await lead.call_tool("decide_approval", {"approval_id": approval_id, "decision": decision})
 
@@ -404,3 +413,89 @@ async def test_pruning_keeps_the_last_checkpoint_of_finished_threads_and_paused_
         assert await checkpoints(paused_id) == paused_before
     await decide(lead, found[paused_id]["approval_id"], "approve")
     await resolved_soon(settings, paused_id, "the paused thread did not resume after pruning")
+
+
+async def checkpoint_count(settings: Settings, ticket_id: int) -> int:
+    async with await psycopg.AsyncConnection.connect(settings.postgres_url or "") as conn:
+        row = await (
+            await conn.execute(
+                "SELECT count(*) FROM orchestrator.checkpoints WHERE thread_id = %s",
+                [str(ticket_id)],
+            )
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_the_services_beat_task_prunes_resolved_tickets_by_itself(
+    settings: Settings,
+    service_env: dict[str, str],
+    agent: Client[Any],
+    demo_store: Crm,
+    tmp_path: Path,
+) -> None:
+    env = service_env | {
+        "SUPPORTMESH_CHECKPOINT_RETENTION_SECONDS": "0",
+        "SUPPORTMESH_CHECKPOINT_PRUNE_SECONDS": "1",
+    }
+    with service(env, tmp_path / "service.log"):
+        done_id = await create(agent, TEMPLATES[1])
+        await settled(settings, [done_id])
+        deadline = time.monotonic() + 60
+        while await checkpoint_count(settings, done_id) != 1:  # Celery beat, then the worker
+            assert time.monotonic() < deadline, "not pruned by the service's beat task"
+            await asyncio.sleep(0.2)
+    (resolved,) = await progress(settings, done_id, "run.resolved")
+    async with postgres_checkpointer(settings.postgres_url or "") as saver:
+        state = (await build_graph(saver).aget_state(thread(done_id))).values
+    assert state["reply"]["text"] == resolved["data"]["reply"]
+
+
+async def test_an_admin_replays_a_ticket_from_a_checkpoint_without_repeating_its_writes(
+    settings: Settings,
+    urls: dict[str, str],
+    running_service: str,
+    demo_store: Crm,
+) -> None:
+    url = running_service
+    since = datetime.now().astimezone()
+    with api(settings) as http:
+        ticket_id = http.post(
+            f"{url}/tickets",
+            json={"subject": TEMPLATES[2][1], "description": TEMPLATES[2][2]},
+            headers={"Idempotency-Key": f"replay-{uuid.uuid4()}"},
+        ).json()["ticket_id"]
+        await settled(settings, [ticket_id])
+        first = http.get(f"{url}/tickets/{ticket_id}").json()
+        assert first["status"] == "resolved"
+        history = http.get(f"{url}/tickets/{ticket_id}/history").json()["checkpoints"]
+        chosen = next(c for c in history if c["next"] == ["solution"])
+        refused = http.post(
+            f"{url}/tickets/{ticket_id}/replay", json={"checkpoint_id": chosen["checkpoint_id"]}
+        )
+        assert refused.status_code == 403
+    with api(settings, Role.ADMIN, "ops") as admin:
+        unknown = admin.post(f"{url}/tickets/{ticket_id}/replay", json={"checkpoint_id": "nope"})
+        assert unknown.status_code == 404 and unknown.json()["field"] == "checkpoint_id"
+        replay = admin.post(
+            f"{url}/tickets/{ticket_id}/replay", json={"checkpoint_id": chosen["checkpoint_id"]}
+        )
+        assert replay.status_code == 202, replay.text
+    deadline = time.monotonic() + 60
+    while len(await progress(settings, ticket_id, "run.resolved")) < 2:
+        assert time.monotonic() < deadline, (
+            "the replay did not run to the end",
+            [
+                (e["type"], e["data"].get("node"), e["data"].get("how"))
+                for e in await events_of(settings, ticket_id)
+            ][-12:],
+        )
+        await asyncio.sleep(0.2)
+    started = await progress(settings, ticket_id, "run.started")
+    assert [e["data"]["how"] for e in started] == [
+        "start",
+        f"replay from {chosen['checkpoint_id']}",
+    ]
+    with api(settings) as http:
+        again = http.get(f"{url}/tickets/{ticket_id}").json()
+    assert again["outcome"] == first["outcome"] and again["reply"] == first["reply"]
+    assert await repeated_writes(urls, since) == []  # the reply and status were not written again
