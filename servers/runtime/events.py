@@ -4,7 +4,9 @@ The relay publishes committed outbox rows in order (key = the event's subject, a
 marks them sent in the same transaction that locked them. While Kafka is down it retries with
 exponential backoff and jitter; rows stay unsent until a publish succeeds, so nothing is lost.
 A crash between publish and mark can publish a row twice: consumers dedupe by event id.
-Several replicas can relay one schema: ``FOR UPDATE SKIP LOCKED`` hands each row to one.
+Several replicas may run a relay for one schema; one of them (holding the schema's advisory
+lock) publishes at a time, so an aggregate's events keep their commit order on Kafka, and
+another takes over when its process dies.
 """
 
 import asyncio
@@ -35,6 +37,7 @@ CLAIM_UNSENT = """
 """
 MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE seq = ANY(%s)"
 COUNT_UNSENT = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"
+LEAD = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 INSERT_OUTBOX = """
     INSERT INTO outbox (id, topic, key, event) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
 """
@@ -118,6 +121,13 @@ class OutboxRelay:
         async with await psycopg.AsyncConnection.connect(
             self.postgres_url, autocommit=True
         ) as listener:
+            # One relay per schema publishes at a time, so that one aggregate's events reach
+            # Kafka in the order they were committed (two relays taking batches side by side
+            # could publish a later event first). The lock is held by this connection: if its
+            # process dies, another replica's relay takes over.
+            while not await self._lead(listener):
+                log.debug("outbox relay for %s: another relay publishes; standing by", self.schema)
+                await asyncio.sleep(self.settings.outbox_poll_seconds)
             await listener.execute(f"LISTEN outbox_{self.schema}")
             while True:
                 try:
@@ -130,6 +140,10 @@ class OutboxRelay:
                         timeout=self.settings.outbox_poll_seconds, stop_after=1
                     ):
                         pass
+
+    async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        row = await (await conn.execute(LEAD, [f"supportmesh:outbox:{self.schema}"])).fetchone()
+        return bool(row and row[0])
 
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows; return how many were sent."""

@@ -11,6 +11,8 @@ from fastmcp import Client
 
 from schemas.events import Event
 from servers.runtime.backends import embedded_kafka
+from servers.runtime.database import open_pool
+from servers.runtime.events import OutboxRelay
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server
 from tests.conftest import fresh_database, read_events
@@ -167,3 +169,53 @@ async def test_events_written_while_kafka_is_down_arrive_when_it_is_back(
                     break
                 await asyncio.sleep(0.1)
             assert await unsent(url) == 0
+
+
+async def test_two_relays_on_one_outbox_keep_a_tickets_events_in_commit_order(
+    backends: Settings, tmp_path: Path
+) -> None:
+    """Replicas each run a relay; one publishes at a time, so a ticket's events arrive on
+    Kafka in the order its writes committed (and none twice or lost)."""
+    assert backends.postgres_url
+    with fresh_database(backends.postgres_url) as url, embedded_kafka(tmp_path) as bootstrap:
+        settings = backends.model_copy(
+            update={
+                "postgres_url": url,
+                "kafka_bootstrap": bootstrap,
+                "outbox_poll_seconds": 0.05,
+                "kafka_record_per_batch": True,
+            }
+        )
+        async with Client(build_server(settings)) as client:
+            pool = await open_pool(url, "ticketing")
+            other = asyncio.create_task(OutboxRelay(pool, "ticketing", settings).run())
+            try:
+                made = await client.call_tool("create_ticket", {"subject": "s", "description": "d"})
+                assert made.structured_content
+                tid = made.structured_content["id"]
+                await asyncio.gather(  # writes commit while the relays are publishing
+                    *(
+                        client.call_tool("add_comment", {"ticket_id": tid, "body": f"n{i}"})
+                        for i in range(40)
+                    )
+                )
+                subject = f"ticket/{tid}"
+                events = await read_events(
+                    bootstrap,
+                    "agent.actions",
+                    lambda evs: sum(e.subject == subject for e in evs) >= 41,
+                    timeout=60,
+                )
+                async with pool.connection() as conn:
+                    rows = await (
+                        await conn.execute(
+                            "SELECT id FROM outbox WHERE key = %s AND topic = 'agent.actions' "
+                            "ORDER BY seq",
+                            [subject],
+                        )
+                    ).fetchall()
+            finally:
+                other.cancel()
+                await asyncio.gather(other, return_exceptions=True)
+                await pool.close()
+        assert [e.id for e in events if e.subject == subject] == [r["id"] for r in rows]
