@@ -261,7 +261,8 @@ class Runner:
                 }
             }
         else:
-            # Woken while paused: a decision arrived (the graph reads it back itself).
+            # A paused run is woken only when a decision arrived: it resumes, and the graph
+            # reads the decision back from the approvals server itself.
             found = await start_input(
                 self.graph, ticket_id, resume={"approval_id": claimed["approval_id"]}
             )
