@@ -349,7 +349,12 @@ def plan(
             summary="update the address on the customer's profile",
         )
     if found.intent not in ACTIONABLE:
-        return Plan(blocked="no_action_needed")
+        # Nothing to do, but what the customer asks about is worth saying: the orders they
+        # name, or, asking where their order is without naming it, each of theirs.
+        named = [own[o] for o in found.order_ids if o in own]
+        if not named and found.intent == "order_status":
+            named = list(own.values())
+        return Plan(blocked="no_action_needed", facts=[order_fact(o) for o in named])
     statuses = {
         "cancel": ("pending",),
         "modify_address": ("pending", "pending (item modified)"),
@@ -812,11 +817,15 @@ def check_reply(
     cited_ids: list[str],
     facts: list[str],
 ) -> list[str]:
-    """What is wrong with a reply, if anything: it must cite something it was given, name no
-    order that is not the customer's and no email address at all (a reply never needs one, and
-    one there came from somewhere it should not), and claim exactly the action taken."""
+    """What is wrong with a reply, if anything: it must say something past its greeting, cite
+    something it was given, name no order that is not the customer's and no email address at
+    all (a reply never needs one, and one there came from somewhere it should not), and claim
+    exactly the action taken."""
     problems = []
     text = reply["text"]
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    if not [p for p in paragraphs[1:] if not p.startswith("Best regards")]:
+        problems.append("says nothing but a greeting")
     grounded = any(c in cited_ids for c in reply["cites"]) or any(f in text for f in facts)
     if not grounded and not (planned or {}).get("blocked"):
         problems.append("cites nothing it was given")

@@ -161,3 +161,28 @@ def test_at_least_nine_in_ten_expected_actions_are_exactly_right(name: str) -> N
     acting = [v for v in VERDICTS if v.expected["action"] and v.ticket["set"] == name]
     wrong = [(v.ticket["id"], v.planned.tool, v.planned.blocked) for v in acting if not v.exact]
     assert len(acting) - len(wrong) >= 0.9 * len(acting), (report(name), wrong)
+
+
+def test_a_question_about_an_order_is_answered_with_its_status_even_with_no_article() -> None:
+    status_questions = [
+        v
+        for v in VERDICTS
+        if v.found.intent == "order_status" and v.planned.blocked == "no_action_needed"
+    ]
+    assert status_questions
+    for v in status_questions:
+        assert v.planned.facts, v.ticket["message"]
+        reply = policy.compose_reply("Sam", v.planned.as_state(), None, None, [], v.planned.facts)
+        assert v.planned.facts[0] in reply["text"]
+        problems = policy.check_reply(reply, None, v.planned.as_state(), [], [], v.planned.facts)
+        assert "says nothing but a greeting" not in problems
+
+
+def test_a_reply_that_says_nothing_but_hello_is_refused() -> None:
+    empty: dict[str, Any] = {
+        "text": "Hello Ben,\n\nBest regards,\nSupportMesh support",
+        "cites": [],
+        "claims": None,
+    }
+    planned = {"tool": None, "blocked": "no_action_needed"}
+    assert "says nothing but a greeting" in policy.check_reply(empty, None, planned, [], [], [])
