@@ -51,7 +51,13 @@ from orchestrator.tasks import PRUNE_TASK
 from schemas.errors import ErrorCode
 from schemas.roles import Role
 from schemas.ticketing import NewTicket
-from servers.runtime.auth import Caller, RememberingVerifier, issue_token, token_verifier
+from servers.runtime.auth import (
+    Caller,
+    RememberingVerifier,
+    issue_token,
+    local_caller,
+    token_verifier,
+)
 from servers.runtime.database import Pool
 from servers.runtime.errors import (
     Conflict,
@@ -180,10 +186,10 @@ def _service(request: Request) -> Service:
 async def _caller(request: Request, scope: str, what: str) -> Caller:
     """Who sent the request, if their token has ``scope``."""
     service = _service(request)
-    if service.verifier is None:  # SUPPORTMESH_HTTP_AUTH=false
-        return Caller(
-            actor=service.settings.actor, scopes=frozenset({"agent", "approver", "admin"})
-        )
+    if service.verifier is None:  # SUPPORTMESH_HTTP_AUTH=false: as the servers do
+        caller = local_caller(service.settings)
+        caller.require(scope, what)
+        return caller
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
         raise Unauthenticated("authorization", "send 'Authorization: Bearer <token>'")
@@ -197,16 +203,21 @@ async def _caller(request: Request, scope: str, what: str) -> Caller:
     return caller
 
 
+def _number(text: str) -> bool:
+    """Digits 0-9 only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _ticket_id(request: Request) -> int:
     text = request.path_params["ticket_id"]
-    if not text.isdigit() or not 0 < int(text) < 2**63:
+    if not _number(text) or not 0 < int(text) < 2**63:
         raise InvalidArgument("ticket_id", f"not a ticket number: {text[:40]!r}")
     return int(text)
 
 
 async def _body(request: Request, model: type[M]) -> M:
     declared = request.headers.get("content-length", "0")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if _number(declared) and int(declared) > MAX_BODY_BYTES:
         raise _TooLarge()
     body = b""
     async for chunk in request.stream():
@@ -281,7 +292,7 @@ async def history(request: Request) -> Response:
     await _caller(request, "agent", "reading a ticket's history")
     ticket_id, service = _ticket_id(request), _service(request)
     limit_text = request.query_params.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+    if not _number(limit_text) or not 1 <= int(limit_text) <= 1000:
         raise InvalidArgument("limit", "a number from 1 to 1000")
     checkpoints = [
         {
@@ -369,7 +380,7 @@ async def events(request: Request) -> Response:
     if await runs.get_run(service.pool, ticket_id) is None:
         raise NotFound("ticket_id", f"the orchestrator has no run of ticket {ticket_id}")
     after_text = request.headers.get("last-event-id") or request.query_params.get("after", "0")
-    if not after_text.isdigit():
+    if not _number(after_text) or len(after_text) > 19:
         raise InvalidArgument("after", "an event id from this stream")
 
     async def stream() -> AsyncIterator[ServerSentEvent]:

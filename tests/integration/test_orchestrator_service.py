@@ -374,7 +374,11 @@ async def test_a_tickets_event_stream_shows_its_nodes_in_order_and_ends_on_resol
 
         bad = http.post(f"{url}/tickets", json={"subject": "", "description": "x"})
         assert bad.status_code == 400 and bad.json()["field"] == "subject"
-        assert http.get(f"{url}/tickets/abc").json()["field"] == "ticket_id"
+        for bad_id in ("abc", "²", "0", str(2**63)):
+            refused = http.get(f"{url}/tickets/{bad_id}")
+            assert refused.status_code == 400 and refused.json()["field"] == "ticket_id"
+        refused = http.get(f"{url}/tickets/{ticket_id}/history?limit=²")
+        assert refused.status_code == 400 and refused.json()["field"] == "limit"
         history = http.get(f"{url}/tickets/{ticket_id}/history").json()["checkpoints"]
         assert history[0]["next"] == [] and len(history) > 5
 
