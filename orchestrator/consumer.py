@@ -2,11 +2,11 @@
 approval (``human.approvals``) wakes the run paused on it.
 
 One consumer group (``orchestrator_group``, default ``orchestrator``), so that replicas share
-the partitions. Delivery is at
-least once: each event is applied in one transaction together with its id in
-``consumed_events``, and offsets are committed after. A redelivered event (a rebalance, a crash
-before the commit) finds its id there and changes nothing; one whose transaction did not commit
-is delivered again. Applying only writes to ``runs``: the runners do the work.
+the partitions. Delivery is at least once: each event is applied in one transaction together
+with its id in ``consumed_events``, and offsets are committed after. A redelivered event (a
+rebalance, a crash before the commit) finds its id there and changes nothing; one whose
+transaction did not commit is delivered again. Applying only writes to ``runs``: the runners
+do the work.
 """
 
 import asyncio

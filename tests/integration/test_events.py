@@ -18,6 +18,18 @@ from servers.ticketing.server import build_server
 from tests.conftest import fresh_database, read_events
 
 
+def on_own_broker(backends: Settings, url: str, bootstrap: str, poll: float) -> Settings:
+    """Settings for a server on a database and an embedded broker of its own."""
+    return backends.model_copy(
+        update={
+            "postgres_url": url,
+            "kafka_bootstrap": bootstrap,
+            "outbox_poll_seconds": poll,
+            "kafka_record_per_batch": True,
+        }
+    )
+
+
 def about(subject: str, types: set[str]) -> Any:
     def seen_all(events: list[Event]) -> bool:
         return types <= {e.type for e in events if e.subject == subject}
@@ -128,14 +140,7 @@ async def test_events_written_while_kafka_is_down_arrive_when_it_is_back(
     """
     assert backends.postgres_url
     with fresh_database(backends.postgres_url) as url, embedded_kafka(tmp_path) as bootstrap:
-        settings = backends.model_copy(
-            update={
-                "postgres_url": url,
-                "kafka_bootstrap": bootstrap,
-                "outbox_poll_seconds": 0.2,
-                "kafka_record_per_batch": True,
-            }
-        )
+        settings = on_own_broker(backends, url, bootstrap, poll=0.2)
         async with Client(build_server(settings)) as client:
             await client.call_tool("create_ticket", {"subject": "before", "description": "d"})
             await read_events(bootstrap, "customer.requests", lambda events: len(events) == 1)
@@ -178,14 +183,7 @@ async def test_two_relays_on_one_outbox_keep_a_tickets_events_in_commit_order(
     Kafka in the order its writes committed (and none twice or lost)."""
     assert backends.postgres_url
     with fresh_database(backends.postgres_url) as url, embedded_kafka(tmp_path) as bootstrap:
-        settings = backends.model_copy(
-            update={
-                "postgres_url": url,
-                "kafka_bootstrap": bootstrap,
-                "outbox_poll_seconds": 0.05,
-                "kafka_record_per_batch": True,
-            }
-        )
+        settings = on_own_broker(backends, url, bootstrap, poll=0.05)
         async with Client(build_server(settings)) as client:
             pool = await open_pool(url, "ticketing")
             other = asyncio.create_task(OutboxRelay(pool, "ticketing", settings).run())
