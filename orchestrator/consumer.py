@@ -10,24 +10,17 @@ do the work.
 """
 
 import asyncio
-import logging
 import re
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter
-from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from orchestrator.runner import enqueue, wake_on_decision
 from schemas.events import Event, Topic
 from servers.runtime.database import Pool
-from servers.runtime.events import ensure_topics
+from servers.runtime.events import EventBatch, consume_events
 from servers.runtime.settings import Settings
-
-log = logging.getLogger(__name__)
 
 TOPICS = (Topic.CUSTOMER_REQUESTS, Topic.HUMAN_APPROVALS)
 DECIDED = ("approval.decided", "approval.expired")
@@ -70,58 +63,20 @@ async def apply(
 
 
 async def consume(settings: Settings, pool: Pool, ready: asyncio.Event) -> None:
-    """Read both topics until cancelled; reconnects with backoff while Kafka or PostgreSQL is
-    down (offsets not committed are read again). ``ready`` is set while the consumer has its
-    partitions and a committed position on each."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type((KafkaError, OSError, psycopg.OperationalError)),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-        before_sleep=lambda state: log.warning(
-            "orchestrator consumer: %r; retrying",
-            state.outcome.exception() if state.outcome else None,
-        ),
-    )
-    async for attempt in retrying:
-        with attempt:
-            try:
-                await _consume(settings, pool, ready)
-            finally:
-                ready.clear()
+    """Read both topics until cancelled (see ``consume_events``); ``ready`` is set while the
+    consumer holds its partitions."""
 
+    async def apply_batch(batch: EventBatch) -> None:
+        async with pool.connection() as conn:
+            for topic, event in batch:
+                result = await apply(conn, topic, event, settings.orchestrator_consume_tickets)
+                CONSUMED.labels(topic, result).inc()
 
-async def _consume(settings: Settings, pool: Pool, ready: asyncio.Event) -> None:
-    assert settings.kafka_bootstrap, "start_backends() fills it"
-    await ensure_topics(settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(
-        *[topic.value for topic in TOPICS],
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.orchestrator_group,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.orchestrator_offset_reset,
-        # A new ticket waits for this at most when the partitions are idle (default 500 ms).
-        fetch_max_wait_ms=50,
+    await consume_events(
+        settings,
+        group=settings.orchestrator_group,
+        topics=TOPICS,
+        apply=apply_batch,
+        ready=ready,
+        offset_reset=settings.orchestrator_offset_reset,
     )
-    await consumer.start()
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=200)
-            async with pool.connection() as conn:
-                for partition, records in batches.items():
-                    for record in records:
-                        try:
-                            event = Event.model_validate_json(record.value or b"")
-                        except ValidationError as exc:
-                            log.warning("skipped a malformed event on %s: %s", partition, exc)
-                            CONSUMED.labels(partition.topic, "malformed").inc()
-                            continue
-                        result = await apply(
-                            conn, partition.topic, event, settings.orchestrator_consume_tickets
-                        )
-                        CONSUMED.labels(partition.topic, result).inc()
-            if batches or not ready.is_set():
-                # The first time, too: a position found by offset reset is committed, so that
-                # what is published while this service is down is read when it is back.
-                await consumer.commit()
-                ready.set()
-    finally:
-        await consumer.stop()

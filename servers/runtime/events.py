@@ -7,20 +7,24 @@ A crash between publish and mark can publish a row twice: consumers dedupe by ev
 Several replicas may run a relay for one schema; one of them (holding the schema's advisory
 lock) publishes at a time, so an aggregate's events keep their commit order on Kafka, and
 another takes over when its process dies.
+
+``consume_events`` is the other end, the one loop every consumer (the orchestrator, analytics,
+notifications) reads with.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from schemas.events import Event, Topic
@@ -183,20 +187,165 @@ class OutboxRelay:
                 await asyncio.wait_for(producer.stop(), timeout=5)
 
 
+class MetricsSampler:
+    """A server's minute sample on ``system.analytics``: its tool calls by tool and outcome
+    since the last sample (from this process's counters) and its outbox backlog.
+
+    Written through the outbox like every event, so samples taken while Kafka is down arrive
+    later and a rebuilt analytics has them too.
+    """
+
+    def __init__(self, pool: Pool, server: str) -> None:
+        self.pool, self.server = pool, server
+        self.counted: dict[tuple[str, str], float] = {}
+
+    def calls_since_last(self) -> tuple[list[dict[str, Any]], dict[tuple[str, str], float]]:
+        """The calls since the last sample written, and the counts to remember once it is."""
+        calls, counted = [], dict(self.counted)
+        for metric in telemetry.TOOL_CALLS.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if not sample.name.endswith("_total") or labels.get("server") != self.server:
+                    continue
+                key = (labels["tool"], labels["outcome"])
+                if count := int(sample.value - counted.get(key, 0.0)):
+                    calls.append({"tool": key[0], "outcome": key[1], "calls": count})
+                counted[key] = sample.value
+        return calls, counted
+
+    async def sample(self, interval: float) -> None:
+        calls, counted = self.calls_since_last()
+        async with self.pool.connection() as conn, conn.transaction():
+            unsent = await (await conn.execute(COUNT_UNSENT)).fetchone()
+            data = {
+                "server": self.server,
+                "interval_seconds": interval,
+                "tools": calls,
+                "outbox_unsent": unsent["n"] if unsent else 0,
+            }
+            event = Event(
+                type="metrics.sampled",
+                source=self.server,
+                subject=f"server/{self.server}",
+                data=data,
+            )
+            await add_to_outbox(conn, [(Topic.SYSTEM_ANALYTICS, event)])
+        self.counted = counted
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sample(interval)
+            except psycopg.Error as exc:  # the counts carry over to the next sample
+                log.warning("metrics sample of %s not written: %r", self.server, exc)
+
+
 @contextlib.asynccontextmanager
 async def schema_with_outbox(
     settings: Settings, schema: str, migrations: Path
 ) -> AsyncIterator[Pool]:
-    """A server's database for as long as it runs: migrated, pooled, its outbox relayed."""
+    """A server's database for as long as it runs: migrated, pooled, its outbox relayed, and a
+    metrics sample written every ``metrics_sample_seconds``."""
     assert settings.postgres_url
     pool = await migrate_and_open(settings.postgres_url, schema, migrations)
-    relaying = asyncio.create_task(
-        OutboxRelay(pool, schema, settings).run(), name=f"{schema}-relay"
-    )
+    background = [
+        asyncio.create_task(OutboxRelay(pool, schema, settings).run(), name=f"{schema}-relay"),
+        asyncio.create_task(
+            MetricsSampler(pool, schema).run(settings.metrics_sample_seconds),
+            name=f"{schema}-metrics",
+        ),
+    ]
     try:
         yield pool
     finally:
-        relaying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relaying
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await pool.close()
+
+
+# (topic, event) pairs of one fetch, in each partition's order
+EventBatch = list[tuple[str, Event]]
+
+
+async def consume_events(
+    settings: Settings,
+    *,
+    group: str,
+    topics: Sequence[Topic],
+    apply: Callable[[EventBatch], Awaitable[None]],
+    ready: asyncio.Event | None = None,
+    offset_reset: Literal["earliest", "latest"] = "earliest",
+) -> None:
+    """Read ``topics`` as consumer group ``group`` until cancelled, handing each fetched batch
+    to ``apply`` and committing the offsets after it returns.
+
+    Delivery is at least once: ``apply`` must skip an event whose id it has already applied (a
+    rebalance or a crash before the commit delivers it again). While Kafka or PostgreSQL is
+    down it reconnects with backoff; what was not committed is read again. ``ready`` is set
+    while the consumer holds its partitions with a committed position on each. A record that
+    is not an event is logged and skipped.
+    """
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type((KafkaError, OSError, psycopg.OperationalError)),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+        before_sleep=lambda state: log.warning(
+            "%s consumer: %r; retrying", group, state.outcome.exception() if state.outcome else None
+        ),
+    )
+    ready = ready or asyncio.Event()
+    async for attempt in retrying:
+        with attempt:
+            try:
+                await _consume(settings, group, topics, apply, ready, offset_reset)
+            finally:
+                ready.clear()
+
+
+async def _consume(
+    settings: Settings,
+    group: str,
+    topics: Sequence[Topic],
+    apply: Callable[[EventBatch], Awaitable[None]],
+    ready: asyncio.Event,
+    offset_reset: str,
+) -> None:
+    assert settings.kafka_bootstrap, "start_backends() fills it"
+    await ensure_topics(settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(
+        *[topic.value for topic in topics],
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset=offset_reset,
+        # An event waits for this at most when the partitions are idle (default 500 ms).
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=500)
+            batch: EventBatch = []
+            for partition, records in fetched.items():
+                for record in records:
+                    try:
+                        batch.append(
+                            (partition.topic, Event.model_validate_json(record.value or b""))
+                        )
+                    except ValidationError as exc:
+                        log.warning(
+                            "%s: skipped a malformed event on %s: %s", group, partition, exc
+                        )
+                        telemetry.EVENTS_MALFORMED.labels(group, partition.topic).inc()
+            if batch:
+                await apply(batch)
+            if fetched or not ready.is_set():
+                # The first time, too: a position found by offset reset is committed, so that
+                # what is published while this consumer is down is read when it is back.
+                await consumer.commit()
+                ready.set()
+    finally:
+        await consumer.stop()

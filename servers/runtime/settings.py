@@ -184,6 +184,79 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="How often the checkpoint pruning task runs."
     )
 
+    analytics_group: str = Field(
+        "analytics",
+        min_length=1,
+        description="The analytics server's Kafka consumer group (replicas share the events).",
+    )
+    metrics_sample_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often every server publishes a metrics sample (tool calls and errors "
+        "by tool, outbox backlog) on system.analytics.",
+    )
+    sla_scan_seconds: float = Field(
+        60.0, gt=0, description="How often tickets are scanned for breached SLA clocks."
+    )
+    approval_warning_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Approvers are reminded of a pending approval this long before it expires "
+        "(0: no reminder).",
+    )
+    notifications_group: str = Field(
+        "notifications",
+        min_length=1,
+        description="The Kafka consumer group that hands notifications.outbound to delivery.",
+    )
+    smtp_url: str | None = Field(
+        None,
+        description="Deliver notifications by mail: smtp://[user:password@]host[:port] "
+        "(STARTTLS when the server offers it) or smtps://… (TLS from the start).",
+    )
+    smtp_from: str = Field(
+        "SupportMesh <support@supportmesh.localhost>", description="The sender of notifications."
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="Deliver notifications as JSON POSTs to this URL, signed with "
+        "webhook_secret (header SupportMesh-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "
+        "'<t>.<body>'>).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="The key webhook bodies are signed with; unset = a random key kept in "
+        "<data_dir>/webhook-secret, made on first use.",
+    )
+    notifications_dir: Path | None = Field(
+        None,
+        description="With neither smtp_url nor webhook_url, notifications are written here as "
+        ".eml files; unset = <data_dir>/outbox.",
+    )
+    notify_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="A notification that failed this many times is dead-lettered "
+        "(`supportmesh notifications dead` lists them, `... retry` sends them again).",
+    )
+    notify_retry_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="The first retry's delay; each next one doubles it (with jitter), up to "
+        "an hour.",
+    )
+    notify_approvers: list[str] = Field(
+        default_factory=lambda: ["approvers@supportmesh.localhost"],
+        description="Who is told that an approval is waiting or about to expire.",
+    )
+    notify_team: str = Field(
+        "support@supportmesh.localhost",
+        description="Who is told of a breached SLA on a ticket whose assignee is not an "
+        "address (or that has none).",
+    )
+
 
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "http": 80, "https": 443}
 

@@ -28,6 +28,11 @@ OUTBOX_UNSENT = Gauge("supportmesh_outbox_unsent", "Outbox events not yet on Kaf
 EVENTS_PUBLISHED = Counter(
     "supportmesh_events_published_total", "Events published to Kafka", ["server", "topic"]
 )
+EVENTS_MALFORMED = Counter(
+    "supportmesh_events_malformed_total",
+    "Kafka records a consumer skipped because they were not events",
+    ["group", "topic"],
+)
 
 
 def configure_logging(level: str = "INFO") -> None:

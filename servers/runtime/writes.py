@@ -5,7 +5,8 @@
 - the idempotency key: a repeat of (tool, key) with the same arguments returns the first result
   and changes nothing; with other arguments it is a ``conflict``;
 - an audit row (actor, tool, arguments hash, subject, result);
-- its events, written to the outbox and published by the relay after commit.
+- its events, written to the outbox and published by the relay after commit. Each event's
+  data names the tool and the actor (analytics counts writes by both).
 
 If anything fails, none of it happened.
 """
@@ -47,6 +48,8 @@ class Write:
 
     conn: AsyncConnection[Row]
     source: str
+    tool: str
+    actor: str
     trace_id: str | None
     subject: str | None = None
     events: list[tuple[Topic, Event]] = field(default_factory=list)
@@ -56,12 +59,24 @@ class Write:
 
         Emails, phone and card numbers in ``data`` are masked: events are not a PII store.
         """
+        data = {"tool": self.tool, "actor": self.actor, **data}
+        self._queue(topic, type, subject, mask_data(data))
+
+    def notify(
+        self, kind: str, subject: str, to: list[str], title: str, body: str, **about: Any
+    ) -> None:
+        """Queue a message to people (``notifications.outbound``), delivered after commit.
+
+        Unlike other events it is not masked: it is the message itself, addresses included.
+        Nothing is queued when there is nobody to tell.
+        """
+        if to:
+            data = {"kind": kind, "to": to, "title": title, "body": body, **about}
+            self._queue(Topic.NOTIFICATIONS_OUTBOUND, "notification.requested", subject, data)
+
+    def _queue(self, topic: Topic, type: str, subject: str, data: dict[str, Any]) -> None:
         event = Event(
-            type=type,
-            source=self.source,
-            subject=subject,
-            data=mask_data(data),
-            trace_id=self.trace_id,
+            type=type, source=self.source, subject=subject, data=data, trace_id=self.trace_id
         )
         self.events.append((topic, event))
         self.subject = self.subject or subject
@@ -109,7 +124,9 @@ async def perform_write(
                             "idempotency_key", "already used for a call with other arguments"
                         )
                     return result_type.model_validate(first["result"])
-            write = Write(conn=conn, source=source, trace_id=caller.trace_id)
+            write = Write(
+                conn=conn, source=source, tool=tool, actor=caller.actor, trace_id=caller.trace_id
+            )
             result = await change(write)
             stored = Jsonb(result.model_dump(mode="json"))
             await add_to_outbox(conn, write.events)
