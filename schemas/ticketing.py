@@ -122,6 +122,17 @@ class Sla(BaseModel):
     resolution: SlaClock
 
 
+class SlaBreachNotice(BaseModel):
+    """An SLA clock found breached, announced once (``ticket.sla_breached``)."""
+
+    ticket_id: int
+    clock: str = Field(description="'first_response' or 'resolution'.")
+    priority: Priority
+    due_at: datetime
+    breached_at: datetime
+    assignee: str | None
+
+
 class Comment(BaseModel):
     id: int
     ticket_id: int

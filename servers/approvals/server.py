@@ -115,6 +115,7 @@ async def request_approval(
         reason,
         timedelta(seconds=expires_in_seconds),
         idempotency_key,
+        approvals.settings.notify_approvers,
     )
 
 

@@ -5,6 +5,7 @@ Every change goes through ``perform_write`` (idempotency key, audit row, outbox 
 approvers deciding at once one wins and the other gets ``conflict``.
 """
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -70,7 +71,10 @@ async def request_approval(
     reason: str,
     expires_in: timedelta,
     idempotency_key: str | None,
+    approvers: list[str],
 ) -> Approval:
+    """Record a pending approval, with its event and a message to ``approvers``."""
+
     async def change(write: Write) -> Approval:
         values = [
             f"apr_{uuid.uuid4().hex}",
@@ -91,6 +95,17 @@ async def request_approval(
             "approval.requested",
             _subject(approval.id),
             _event_data(approval),
+        )
+        write.notify(
+            "approval.waiting",
+            _subject(approval.id),
+            approvers,
+            f"Approval needed: {_action(approval)}",
+            f"{approval.requested_by} asks to run {_action(approval)}.\n"
+            f"Reason: {approval.reason}\nArguments: {json.dumps(approval.action_arguments)}\n"
+            f"It expires at {approval.expires_at:%Y-%m-%d %H:%M} UTC. Decide with the "
+            f"decide_approval tool (approval_id {approval.id}).",
+            approval_id=approval.id,
         )
         return approval
 
@@ -243,3 +258,65 @@ async def expire(pool: Pool, caller: Caller, approval_id: str) -> Approval | Non
 
 class _Expired(BaseModel):
     approval: Approval | None
+
+
+def _action(approval: Approval) -> str:
+    amount = f" for {approval.amount} {approval.currency}" if approval.amount is not None else ""
+    return f"{approval.action_tool}{amount} on {approval.subject}"
+
+
+DUE_FOR_REMINDER = """
+    SELECT id FROM approvals
+    WHERE status = 'pending' AND reminded_at IS NULL AND expires_at > now()
+      AND expires_at <= now() + %s
+    ORDER BY expires_at LIMIT %s
+"""
+REMIND = f"""
+    UPDATE approvals SET reminded_at = now()
+    WHERE id = %s AND status = 'pending' AND reminded_at IS NULL
+    RETURNING {COLUMNS}
+"""
+
+
+async def due_for_reminder(pool: Pool, ahead: timedelta, limit: int = 500) -> list[str]:
+    """Pending approvals expiring within ``ahead`` whose approvers were not reminded yet."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(DUE_FOR_REMINDER, [ahead, limit])).fetchall()
+    return [row["id"] for row in rows]
+
+
+async def remind(
+    pool: Pool, caller: Caller, approval_id: str, approvers: list[str]
+) -> Approval | None:
+    """Tell ``approvers`` once that a pending approval is about to expire; None if it was
+    decided, expired or reminded of already."""
+
+    async def change(write: Write) -> _Expired:
+        row: Row | None = await (await write.conn.execute(REMIND, [approval_id])).fetchone()
+        if row is None:
+            return _Expired(approval=None)
+        approval = Approval.model_validate(row)
+        write.notify(
+            "approval.expiring",
+            _subject(approval_id),
+            approvers,
+            f"Expiring soon: {_action(approval)}",
+            f"{approval.requested_by}'s request to run {_action(approval)} expires at "
+            f"{approval.expires_at:%Y-%m-%d %H:%M} UTC undecided, and then nothing is done.\n"
+            f"Reason: {approval.reason}\nDecide with the decide_approval tool (approval_id "
+            f"{approval.id}).",
+            approval_id=approval.id,
+        )
+        return _Expired(approval=approval)
+
+    done = await perform_write(
+        pool,
+        source=SOURCE,
+        tool="remind_approvers",
+        caller=caller,
+        arguments={"approval_id": approval_id},
+        idempotency_key=None,
+        result_type=_Expired,
+        change=change,
+    )
+    return done.approval

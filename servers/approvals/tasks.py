@@ -1,12 +1,14 @@
-"""The approvals server's periodic task: mark approvals past their expiry as expired.
+"""The approvals server's periodic task: remind approvers of approvals about to expire, and
+mark approvals past their expiry as expired.
 
 Sent by Celery beat every ``approval_sweep_seconds``. Safe to run twice, or in two workers at
-once: each approval is expired under its row lock and only while still pending, with its
-``approval.expired`` event and audit row in the same transaction.
+once: each approval is reminded of once and expired once, under its row lock and only while
+still pending, with its event (or message to approvers) and audit row in the same transaction.
 """
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from schemas.roles import ROLE_SCOPES, Role
 from servers.approvals import store
@@ -21,11 +23,16 @@ EXPIRY = Caller(actor="system:approval-expiry", scopes=frozenset(ROLE_SCOPES[Rol
 
 
 async def expire_due() -> int:
-    """Expire every pending approval past its expiry; how many were expired."""
-    url = task_settings().postgres_url
-    assert url
-    pool = await open_pool(url, SCHEMA, max_size=2)
+    """Remind approvers of approvals expiring within ``approval_warning_seconds``, then expire
+    every pending approval past its expiry; how many were expired."""
+    settings = task_settings()
+    assert settings.postgres_url
+    pool = await open_pool(settings.postgres_url, SCHEMA, max_size=2)
     try:
+        if settings.approval_warning_seconds:
+            ahead = timedelta(seconds=settings.approval_warning_seconds)
+            for approval_id in await store.due_for_reminder(pool, ahead):
+                await store.remind(pool, EXPIRY, approval_id, settings.notify_approvers)
         expired = 0
         for approval_id in await store.due_for_expiry(pool):
             if await store.expire(pool, EXPIRY, approval_id) is not None:

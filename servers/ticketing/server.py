@@ -42,7 +42,9 @@ from servers.runtime.errors import InvalidArgument
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
+from servers.runtime.tasks import beat_in_thread, worker_in_thread
 from servers.ticketing import store
+from servers.ticketing.tasks import SCAN_TASK
 
 NAME = "ticketing"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -305,7 +307,11 @@ def build_server(settings: Settings) -> FastMCP[Any]:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[Ticketing]:
-        async with schema_with_outbox(settings, NAME, MIGRATIONS) as pool:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
+            scan = {SCAN_TASK: {"task": SCAN_TASK, "schedule": settings.sla_scan_seconds}}
+            stack.enter_context(worker_in_thread(settings, NAME))
+            stack.enter_context(beat_in_thread(settings, NAME, scan))
             yield Ticketing(pool=pool, settings=settings)
 
     server = new_server(NAME, INSTRUCTIONS, lifespan, settings, complete_ticket_id)

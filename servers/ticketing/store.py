@@ -13,6 +13,7 @@ from schemas.events import Topic
 from schemas.ticketing import (
     Comment,
     NewTicket,
+    SlaBreachNotice,
     SlaPolicy,
     Ticket,
     TicketChange,
@@ -374,6 +375,15 @@ async def add_comment(
                 "actor": caller.actor,
             },
         )
+        if public and row["requester_email"]:
+            write.notify(
+                "ticket.reply",
+                _subject(ticket_id),
+                [row["requester_email"]],
+                f"Re: {row['subject']} [ticket #{ticket_id}]",
+                body,
+                ticket_id=ticket_id,
+            )
         return comment
 
     return await perform_write(
@@ -422,5 +432,99 @@ async def close_ticket(
         arguments={"ticket_id": ticket_id},
         idempotency_key=idempotency_key,
         result_type=TicketDetail,
+        change=apply,
+    )
+
+
+# --- SLA breaches -----------------------------------------------------------------------------
+
+# Clocks past due and not met in time, not yet announced. Each priority's targets come in as
+# arrays, so that a changed policy applies at the next scan.
+UNANNOUNCED_BREACHES = """
+    WITH targets (priority, first_response, resolution) AS (
+        SELECT * FROM unnest(%s::text[], %s::int[], %s::int[])
+    )
+    SELECT t.id AS ticket_id, c.clock, c.due_at
+    FROM tickets t JOIN targets g USING (priority)
+    CROSS JOIN LATERAL (VALUES
+        ('first_response', t.created_at + g.first_response * interval '1 minute',
+         t.first_responded_at),
+        ('resolution', t.created_at + g.resolution * interval '1 minute', t.solved_at)
+    ) AS c (clock, due_at, met_at)
+    WHERE coalesce(c.met_at, now()) > c.due_at
+      AND NOT EXISTS (SELECT 1 FROM sla_breaches b WHERE b.ticket_id = t.id AND b.clock = c.clock)
+    ORDER BY c.due_at LIMIT %s
+"""
+ANNOUNCE_BREACH = """
+    INSERT INTO sla_breaches (ticket_id, clock, due_at, breached_at) VALUES (%s, %s, %s, %s)
+    ON CONFLICT DO NOTHING
+"""
+
+
+async def unannounced_breaches(
+    pool: Pool, policy: SlaPolicy, limit: int = 500
+) -> list[tuple[int, str, datetime]]:
+    """(ticket, clock, due time) of breached SLA clocks not yet announced, earliest due first."""
+    priorities = list(policy.targets)
+    params = [
+        [p.value for p in priorities],
+        [policy.targets[p].first_response_minutes for p in priorities],
+        [policy.targets[p].resolution_minutes for p in priorities],
+        limit,
+    ]
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(UNANNOUNCED_BREACHES, params)).fetchall()
+    return [(r["ticket_id"], r["clock"], r["due_at"]) for r in rows]
+
+
+async def announce_breach(
+    pool: Pool,
+    caller: Caller,
+    ticket_id: int,
+    clock: str,
+    due_at: datetime,
+    team: str,
+) -> SlaBreachNotice:
+    """Record a breached clock once (the idempotency key is the ticket and clock), with a
+    ``ticket.sla_breached`` event and a notification to the assignee (or ``team`` when the
+    assignee is not an address)."""
+
+    async def apply(write: Write) -> SlaBreachNotice:
+        at = now()
+        row = await _fetch_row(write.conn, ticket_id)
+        await write.conn.execute(ANNOUNCE_BREACH, [ticket_id, clock, due_at, at])
+        assignee = row["assignee"]
+        notice = SlaBreachNotice(
+            ticket_id=ticket_id,
+            clock=clock,
+            priority=row["priority"],
+            due_at=due_at,
+            breached_at=at,
+            assignee=assignee,
+        )
+        subject = _subject(ticket_id)
+        write.emit(
+            Topic.AGENT_ACTIONS, "ticket.sla_breached", subject, notice.model_dump(mode="json")
+        )
+        what = clock.replace("_", " ")
+        write.notify(
+            "ticket.sla_breached",
+            subject,
+            [assignee if assignee and "@" in assignee else team],
+            f"SLA breached: {what} on ticket #{ticket_id} ({row['priority']})",
+            f'Ticket #{ticket_id} "{row["subject"]}" missed its {what} target, due '
+            f"{due_at:%Y-%m-%d %H:%M} UTC. Assignee: {assignee or 'nobody'}.",
+            ticket_id=ticket_id,
+        )
+        return notice
+
+    return await perform_write(
+        pool,
+        source=SOURCE,
+        tool="scan_sla",
+        caller=caller,
+        arguments={"ticket_id": ticket_id, "clock": clock},
+        idempotency_key=f"{ticket_id}:{clock}",
+        result_type=SlaBreachNotice,
         change=apply,
     )

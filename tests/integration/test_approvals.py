@@ -266,3 +266,25 @@ async def test_approver_confirms_in_a_form_where_the_client_can_show_one(
     async with Client(build_server(erin), elicitation_handler=accept) as client:
         decided = await call(client, "decide_approval", approval_id=asked["id"], decision="approve")
     assert decided["status"] == "approved" and decided["decided_by"] == "erin"
+
+
+async def test_approvers_are_told_of_a_request_and_reminded_once_before_it_expires(
+    approvals: Client[Any], settings: Settings
+) -> None:
+    # expires in 10 minutes: within the hour's warning, so the next sweep reminds
+    asked = await call(approvals, "request_approval", **REFUND, expires_in_seconds=600)
+    assert settings.kafka_bootstrap
+
+    def about_it(events: list[Any]) -> list[Any]:
+        return [e for e in events if e.data.get("approval_id") == asked["id"]]
+
+    def both(evs: list[Any]) -> bool:
+        return {"approval.waiting", "approval.expiring"} <= {e.data["kind"] for e in about_it(evs)}
+
+    await read_events(settings.kafka_bootstrap, "notifications.outbound", both)
+    await asyncio.sleep(2)  # four more sweeps
+    events = about_it(await read_events(settings.kafka_bootstrap, "notifications.outbound", both))
+    assert sorted(e.data["kind"] for e in events) == ["approval.expiring", "approval.waiting"]
+    waiting = next(e for e in events if e.data["kind"] == "approval.waiting")
+    assert waiting.data["to"] == settings.notify_approvers  # addresses, not masked
+    assert "129.99 USD" in waiting.data["title"] and asked["id"] in waiting.data["body"]
