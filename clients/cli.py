@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from clients.notifications import notifications_app
 from clients.registry import SERVERS
 from schemas.roles import Role
 
@@ -495,34 +496,84 @@ def kb_search(
     kb.print_hits(Console(), hits)
 
 
+app.add_typer(notifications_app, name="notifications")
+analytics_app = typer.Typer(help="The analytics server's aggregates.", no_args_is_help=True)
+app.add_typer(analytics_app, name="analytics")
+
+
+@analytics_app.command("rebuild")
+def analytics_rebuild() -> None:
+    """Empty the analytics aggregates and replay every server's outbox into them (the outboxes
+    are the durable record of every event); the result equals what the running analytics
+    server built from Kafka. A running server waits for the rebuild, then carries on."""
+    import asyncio
+
+    from servers.analytics import server as analytics
+    from servers.analytics.store import rebuild
+    from servers.runtime.backends import start_backends
+    from servers.runtime.database import migrate_and_open
+
+    async def replay(url: str) -> dict[str, int]:
+        pool = await migrate_and_open(url, analytics.NAME, analytics.MIGRATIONS)
+        try:
+            return await rebuild(pool)
+        finally:
+            await pool.close()
+
+    settings = _settings("WARNING")
+    started = time.monotonic()
+    with start_backends(settings) as ready:
+        assert ready.postgres_url
+        replayed = asyncio.run(replay(ready.postgres_url))
+    for schema, events in replayed.items():
+        print(f"{schema:<12} {events} events")
+    print(f"rebuilt from {sum(replayed.values())} events in {time.monotonic() - started:.1f} s")
+
+
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 2,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only these servers' tasks (repeatable), e.g. --only notifications; "
+            "default: every server's."
+        ),
+    ] = None,
 ) -> None:
-    """Run a Celery worker for every server's background tasks (needs SUPPORTMESH_QDRANT_URL).
+    """Run a Celery worker for the servers' background tasks.
 
-    With Qdrant in local mode the store admits one process, so the knowledge server runs its
-    own worker and this command is not needed.
+    With Qdrant in local mode (SUPPORTMESH_QDRANT_URL unset) the store admits one process, so
+    the knowledge server runs its own worker: then name the other servers with --only.
     """
     settings = _settings()
-    if not settings.qdrant_url:
-        raise typer.BadParameter(
-            "Qdrant is in local mode: the knowledge server works its own tasks. "
-            "Set SUPPORTMESH_QDRANT_URL to run workers apart.",
-            param_hint="SUPPORTMESH_QDRANT_URL",
-        )
     import orchestrator.tasks  # noqa: F401
     import servers.approvals.tasks
     import servers.knowledge.tasks
-    import servers.memory.tasks  # noqa: F401
+    import servers.memory.tasks
+    import servers.notifications.tasks
+    import servers.ticketing.tasks  # noqa: F401
     from servers.runtime.backends import start_backends
-    from servers.runtime.tasks import configure_tasks, server_queues
+    from servers.runtime.tasks import configure_tasks, task_queue
 
-    with start_backends(settings) as ready:
-        worker = configure_tasks(ready).Worker(
-            concurrency=concurrency, loglevel="INFO", queues=server_queues(ready)
+    if "knowledge" in (only or ["knowledge"]) and not settings.qdrant_url:
+        raise typer.BadParameter(
+            "Qdrant is in local mode: the knowledge server works its own tasks. "
+            "Set SUPPORTMESH_QDRANT_URL to run workers apart, or name the others with --only.",
+            param_hint="SUPPORTMESH_QDRANT_URL",
         )
-        worker.start()
+    with start_backends(settings) as ready:
+        # Configured before its tasks are looked at: reading them binds each task to the
+        # app's configuration of that moment (acks_late among it).
+        app = configure_tasks(ready)
+        known = sorted({name.split(".")[0] for name in app.tasks if not name.startswith("celery.")})
+        if unknown := sorted(set(only or []) - set(known)):
+            raise typer.BadParameter(
+                f"no tasks for {', '.join(unknown)}; choose from {', '.join(known)}",
+                param_hint="--only",
+            )
+        queues = [task_queue(ready, name) for name in only or known]
+        app.Worker(concurrency=concurrency, loglevel="INFO", queues=queues).start()
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ async def run_up(
 
     urls: dict[str, str] = {}
     # One Celery worker in this process runs every server's tasks, and the orchestrator's.
-    work_here(*SERVERS, "orchestrator")
+    work_here(*SERVERS, "orchestrator", "notifications")
     # Every server is built (its tasks imported) before the first one starts that worker: a
     # task registered after the worker started is one it refuses as unregistered.
     servers = {name: entry.module.build_server(settings) for name, entry in SERVERS.items()}

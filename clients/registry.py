@@ -2,7 +2,7 @@
 under ``supportmesh up``, and the backends its ``/readyz`` checks.
 
 A server's module is imported only when a command runs it, so that ``supportmesh --help``
-answers at once (importing all five takes seconds).
+answers at once (importing all six takes seconds).
 """
 
 import importlib
@@ -22,9 +22,10 @@ class ServerEntry:
 
 
 SERVERS: dict[str, ServerEntry] = {
-    "ticketing": ServerEntry("servers.ticketing.server", 8701, ("postgres",)),
+    "ticketing": ServerEntry("servers.ticketing.server", 8701, ("postgres", "redis")),
     "crm": ServerEntry("servers.crm.server", 8702, ("postgres", "redis")),
     "knowledge": ServerEntry("servers.knowledge.server", 8703, ("postgres", "redis")),
+    "analytics": ServerEntry("servers.analytics.server", 8704, ("postgres", "redis")),
     "memory": ServerEntry("servers.memory.server", 8705, ("postgres", "redis")),
     "approvals": ServerEntry("servers.approvals.server", 8706, ("postgres", "redis")),
 }

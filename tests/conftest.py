@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import uvicorn
@@ -115,7 +116,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings whose backend URLs all point at running servers."""
-    work_here("knowledge", "memory", "approvals")  # the in-process servers share one worker
+    work_here("ticketing", "knowledge", "memory", "approvals", "notifications")  # one worker
     data_dir = tmp_path_factory.mktemp("supportmesh")
     # One signing key for every server this session starts, whatever its data directory.
     key = SecretStr(secrets.token_urlsafe(48))
@@ -134,6 +135,26 @@ def settings(backends: Settings) -> Iterator[Settings]:
     assert backends.postgres_url
     with fresh_database(backends.postgres_url) as url:
         yield backends.model_copy(update={"postgres_url": url})
+
+
+def on_own_broker(backends: Settings, url: str, bootstrap: str, poll: float) -> Settings:
+    """Settings for a server on a database and an embedded broker of its own."""
+    return backends.model_copy(
+        update={
+            "postgres_url": url,
+            "kafka_bootstrap": bootstrap,
+            "outbox_poll_seconds": poll,
+            "kafka_record_per_batch": True,
+        }
+    )
+
+
+def broker_process(bootstrap: str) -> psutil.Process:
+    """The embedded broker listening on ``bootstrap`` (to stop and resume it)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"tcp://{bootstrap}" in " ".join(proc.info["cmdline"] or []):
+            return proc
+    raise AssertionError(f"no broker listening on {bootstrap}")
 
 
 @pytest.fixture(scope="session")
@@ -306,16 +327,23 @@ def bearer_proxy(upstream: str, bearer: str) -> Iterator[str]:
         )
 
     app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+    with serving_in_thread(app) as base_url:
+        yield f"{base_url}{target.path}"
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Starlette) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free port; yields its base URL."""
     sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
-        assert thread.is_alive(), "the proxy did not start"
+        assert thread.is_alive(), "the server did not start"
         time.sleep(0.01)
     try:
-        yield urlunsplit(("http", f"127.0.0.1:{port}", target.path, "", ""))
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -5,7 +5,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 from fastmcp import Client
 
@@ -15,19 +14,7 @@ from servers.runtime.database import open_pool
 from servers.runtime.events import OutboxRelay
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server
-from tests.conftest import fresh_database, read_events
-
-
-def on_own_broker(backends: Settings, url: str, bootstrap: str, poll: float) -> Settings:
-    """Settings for a server on a database and an embedded broker of its own."""
-    return backends.model_copy(
-        update={
-            "postgres_url": url,
-            "kafka_bootstrap": bootstrap,
-            "outbox_poll_seconds": poll,
-            "kafka_record_per_batch": True,
-        }
-    )
+from tests.conftest import broker_process, fresh_database, on_own_broker, read_events
 
 
 def about(subject: str, types: set[str]) -> Any:
@@ -114,13 +101,6 @@ async def test_events_carry_no_email_or_card_number(
     assert sent == "Charge on ****-****-****-1111, reply to m***@example.com"
     # the ticket itself keeps what the customer wrote
     assert "4111 1111 1111 1111" in created.structured_content["subject"]
-
-
-def broker_process(bootstrap: str) -> psutil.Process:
-    for proc in psutil.process_iter(["cmdline"]):
-        if f"tcp://{bootstrap}" in " ".join(proc.info["cmdline"] or []):
-            return proc
-    raise AssertionError(f"no broker listening on {bootstrap}")
 
 
 async def unsent(url: str) -> int:
