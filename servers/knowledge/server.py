@@ -38,14 +38,14 @@ from schemas.knowledge import (
 )
 from servers.knowledge import store
 from servers.knowledge.index import KnowledgeIndex
-from servers.knowledge.tasks import index_article
+from servers.knowledge.tasks import RESEND_TASK, index_article
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import Pool, values_starting_with
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
-from servers.runtime.tasks import configure_tasks, worker_in_thread
+from servers.runtime.tasks import beat_in_thread, configure_tasks, worker_in_thread
 from servers.runtime.vectors import open_vectors
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,10 @@ def build_server(settings: Settings) -> FastMCP[Any]:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
             if vectors.local:  # nobody else can write this store: work its tasks here
                 stack.enter_context(worker_in_thread(settings, NAME))
+            resend = {
+                RESEND_TASK: {"task": RESEND_TASK, "schedule": settings.ingest_stale_seconds / 2}
+            }
+            stack.enter_context(beat_in_thread(settings, NAME, resend))
             yield Knowledge(pool=pool, index=index, settings=settings)
 
     server = new_server(

@@ -1,4 +1,5 @@
-"""The knowledge server's Celery task: index one article of an ingest job into Qdrant.
+"""The knowledge server's Celery tasks: index one article of an ingest job into Qdrant, and
+send again the tasks of items left pending too long.
 
 Safe to run twice: it reads the article as stored now, writes points whose ids come from the
 article's content, and marks its job item only while it is still pending. It holds a share lock
@@ -111,3 +112,35 @@ def index_article(self: Any, job_id: str, article_id: str, content_hash: str) ->
         log.exception("index %s failed", article_id)
         _fail(job_id, article_id, f"{type(exc).__name__}: {exc}")
         return "failed"
+
+
+RESEND_TASK = "knowledge.resend_stale"
+STALE_ITEMS = """
+UPDATE ingest_items SET sent_at = now()
+WHERE (job_id, article_id) IN (
+    SELECT job_id, article_id FROM ingest_items
+    WHERE state = 'pending' AND sent_at < now() - make_interval(secs => %s)
+    ORDER BY sent_at LIMIT 500 FOR UPDATE SKIP LOCKED
+)
+RETURNING job_id::text, article_id, content_hash
+"""
+
+
+def resend_stale_now() -> int:
+    """Send the index task again for every item pending longer than ``ingest_stale_seconds``
+    since its task was last sent (a task lost with a broker that forgot it, or dropped after
+    its retries); how many were sent. Indexing twice is harmless."""
+    with _connect() as conn:
+        stale = conn.execute(STALE_ITEMS, [task_settings().ingest_stale_seconds]).fetchall()
+        conn.commit()
+    for item in stale:
+        index_article.delay(item["job_id"], item["article_id"], item["content_hash"])
+    return len(stale)
+
+
+@tasks.task(name=RESEND_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+def resend_stale_ingests() -> int:
+    sent = resend_stale_now()
+    if sent:
+        log.warning("sent %d stale ingest items again", sent)
+    return sent

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     memory_sweep_seconds: float = Field(
         60.0, gt=0, description="How often idle sessions are looked for."
     )
+    ingest_stale_seconds: int = Field(
+        300,
+        ge=1,
+        description="An article still waiting to be indexed this long after its task was sent "
+        "gets its task sent again (looked for every half of this).",
+    )
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."
     )

@@ -12,6 +12,7 @@ from qdrant_client import models
 
 from servers.knowledge.index import COLLECTION
 from servers.knowledge.server import MAX_QUERY
+from servers.knowledge.tasks import resend_stale_now
 from servers.runtime.settings import Settings
 from servers.runtime.vectors import open_vectors
 from tests.conftest import require_shared_data
@@ -342,3 +343,26 @@ async def test_an_item_lost_on_the_way_to_the_worker_is_sent_again(
             break
         await asyncio.sleep(0.1)
     assert (job["status"], job["indexed"]) == ("done", 1)
+
+
+async def test_an_ingest_whose_task_was_lost_is_sent_again_and_finishes(
+    knowledge: Client[Any], db: Db, settings: Settings
+) -> None:
+    doc = article("kb-lost-task", "Gift wrapping", "Gift wrapping costs 5 dollars per item.")
+    job = await ingest(knowledge, [doc])
+    # As if the broker had lost the task: the item waits, sent long ago, the article unindexed.
+    await db.execute(
+        "UPDATE knowledge.ingest_items SET state = 'pending', finished_at = NULL, "
+        "sent_at = now() - interval '1 hour' WHERE job_id = %s",
+        [job["id"]],
+    )
+    await db.execute("UPDATE knowledge.articles SET indexed_hash = NULL WHERE id = %s", [doc["id"]])
+    assert (await call(knowledge, "get_ingest_job", job_id=job["id"]))["status"] == "running"
+    assert await asyncio.to_thread(resend_stale_now) == 1
+    for _ in range(200):
+        job = await call(knowledge, "get_ingest_job", job_id=job["id"])
+        if job["status"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert (job["status"], job["indexed"]) == ("done", 1)
+    assert await asyncio.to_thread(resend_stale_now) == 0  # nothing stale is left
