@@ -493,6 +493,12 @@ def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
         yield url
 
 
+@pytest.fixture(scope="session")
+def analytics_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving_over_http("analytics", settings, tmp_path_factory.mktemp("http")) as url:
+        yield url
+
+
 @pytest.fixture
 def urls(
     ticketing_http: str, crm_http: str, knowledge_http: str, memory_http: str, approvals_http: str

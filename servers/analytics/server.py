@@ -13,15 +13,18 @@ runs (or ``supportmesh worker --only notifications`` elsewhere).
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastmcp import Context, FastMCP
+from fastmcp.prompts import Message
 from mcp.types import ToolAnnotations
 from prometheus_client import Counter
-from pydantic import Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt
 
 from schemas.analytics import (
     ActionField,
@@ -43,6 +46,7 @@ from schemas.ticketing import Priority
 from servers.analytics import store
 from servers.notifications.handover import notifications_running
 from servers.runtime.database import Pool
+from servers.runtime.errors import InvalidArgument
 from servers.runtime.events import EventBatch, consume_events, schema_with_outbox
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
@@ -183,6 +187,52 @@ async def dashboard_resource(ctx: Context) -> str:
     return (await store.dashboard(_pool(ctx))).model_dump_json(indent=1)
 
 
+async def support_briefing(period: str, ctx: Context) -> list[Message]:
+    """Brief a support lead on the last day or week: volume, waiting times, breaches, approvals.
+
+    Args:
+        period: 'day' (the last 24 hours, by hour) or 'week' (the last 7 days, by day).
+    """
+    if period not in PERIODS:
+        raise InvalidArgument("period", "must be 'day' or 'week'")
+    until = datetime.now(UTC)
+    since = until - PERIODS[period]
+    bucket = Bucket.HOUR if period == "day" else Bucket.DAY
+    pool = _pool(ctx)
+    reports: dict[str, BaseModel] = {
+        "ticket_volume": await store.ticket_volume(
+            pool, since, until, bucket, [TicketField.CHANNEL]
+        ),
+        "resolution_times": await store.resolution_times(
+            pool, since, until, bucket, [TicketField.PRIORITY]
+        ),
+        "sla_breaches": await store.sla_breaches(pool, since, until, bucket, None, 20),
+        "approval_stats": await store.approval_stats(pool, since, until, bucket, []),
+    }
+    data = {name: report.model_dump(mode="json") for name, report in reports.items()}
+    return [
+        Message(
+            f"Write a short briefing for a support lead on the last {period}: how many tickets "
+            "came in and were solved (and from which channels), first-response and resolution "
+            "times against each other, which SLA breaches need attention (by ticket), and "
+            "approvals still waiting or decided slowly. Numbers from these reports only:\n\n"
+            + json.dumps(data, indent=1)
+        )
+    ]
+
+
+PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7)}
+
+
+async def complete_period(
+    _: Analytics, ref: str, argument: str, prefix: str, _others: dict[str, str]
+) -> list[str]:
+    """The briefing's periods starting with what was typed."""
+    if ref != "support-briefing" or argument != "period":
+        return []
+    return [p for p in PERIODS if p.startswith(prefix)]
+
+
 def build_server(settings: Settings) -> FastMCP[Any]:
     """The analytics server, on the backends named in ``settings`` (all URLs set)."""
 
@@ -217,10 +267,11 @@ def build_server(settings: Settings) -> FastMCP[Any]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
 
-    server = new_server(NAME, INSTRUCTIONS, lifespan, settings)
+    server = new_server(NAME, INSTRUCTIONS, lifespan, settings, complete_period)
     for tool in (ticket_volume, resolution_times, sla_breaches, agent_actions, approval_stats):
         server.tool(annotations=READ)(tool)
     server.resource("analytics://dashboard", name="dashboard", mime_type="application/json")(
         dashboard_resource
     )
+    server.prompt(name="support-briefing")(support_briefing)
     return server

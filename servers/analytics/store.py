@@ -45,6 +45,7 @@ from servers.runtime.database import Pool, Row
 from servers.runtime.errors import InvalidArgument
 
 Conn = psycopg.AsyncConnection[Row]
+ORCHESTRATOR = "orchestrator"  # the source of the orchestrator service's progress events
 
 # The consumer's batches share this lock; a rebuild takes it alone.
 APPLYING = "SELECT pg_advisory_xact_lock_shared(hashtextextended('supportmesh:analytics', 0))"
@@ -204,7 +205,10 @@ async def apply_event(conn: Conn, topic: str, event: Event) -> bool:
     if (await conn.execute(REMEMBER, remember)).rowcount == 0:
         return False
     data = event.data
-    if topic in (Topic.AGENT_ACTIONS, Topic.HUMAN_APPROVALS) and isinstance(data.get("tool"), str):
+    # A server's write names its tool; the orchestrator's own events (its progress: nodes, tool
+    # calls it made, runs) are not writes, and the writes it made are counted by the servers.
+    written = topic in (Topic.AGENT_ACTIONS, Topic.HUMAN_APPROVALS) and event.source != ORCHESTRATOR
+    if written and isinstance(data.get("tool"), str):
         actor = data.get("actor")
         await conn.execute(
             WRITE, [event.id, event.time, event.source, event.type, data["tool"], actor]
@@ -377,9 +381,17 @@ DURATIONS = """
 NO_DURATIONS = Durations(count=0, p50_seconds=None, p90_seconds=None, max_seconds=None)
 
 
+def _seconds(value: float | None) -> float | None:
+    """Seconds to the millisecond: what a reader can use, and equal however often computed."""
+    return None if value is None else round(value, 3)
+
+
 def _durations(row: Row) -> Durations:
     return Durations(
-        count=row["n"], p50_seconds=row["p50"], p90_seconds=row["p90"], max_seconds=row["worst"]
+        count=row["n"],
+        p50_seconds=_seconds(row["p50"]),
+        p90_seconds=_seconds(row["p90"]),
+        max_seconds=_seconds(row["worst"]),
     )
 
 
@@ -551,8 +563,8 @@ def _approval_counts(row: Row) -> dict[str, Any]:
         "approved": row["approved"],
         "rejected": row["rejected"],
         "expired": row["expired"],
-        "decision_p50_seconds": row["p50"],
-        "decision_p90_seconds": row["p90"],
+        "decision_p50_seconds": _seconds(row["p50"]),
+        "decision_p90_seconds": _seconds(row["p90"]),
     }
 
 

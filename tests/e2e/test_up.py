@@ -58,7 +58,7 @@ def issue(env: dict[str, str], role: str) -> str:
 
 async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> None:
     servers = up.mesh.servers
-    assert set(servers) == {"ticketing", "crm", "knowledge", "memory", "approvals"}
+    assert set(servers) == {"ticketing", "crm", "knowledge", "analytics", "memory", "approvals"}
     printed = up.log.read_text()
     for name, url in servers.items():
         assert f"{name:<10} {url}" in printed
@@ -147,6 +147,16 @@ async def test_up_handles_a_ticket_created_on_the_ticketing_server_with_no_one_c
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"ticket {ticket_id} is already resolved" in done.stdout
+    # The analytics server has counted it, from the events alone.
+    async with Client(up.mesh.servers["analytics"], auth=bearer) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            volume = await client.call_tool("ticket_volume", {})
+            assert volume.structured_content
+            if volume.structured_content["totals"]["solved"] >= 1:
+                break
+            assert time.monotonic() < deadline, volume.structured_content
+            await asyncio.sleep(0.5)
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(timeout=30)
 
@@ -226,5 +236,26 @@ def test_inspector_cli_lists_and_calls_tools_on_up(up: RunningUp, node_tools: Pa
     )["structuredContent"]
     assert (decided["status"], decided["decided_by"]) == ("approved", "e2e-approver")
     assert called["structuredContent"]["tickets"] == []
+    analytics = up.mesh.servers["analytics"]
+    listed = inspector(node_tools, analytics, bearer, "--method", "tools/list")
+    assert {t["name"] for t in listed["tools"]} == {
+        "ticket_volume",
+        "resolution_times",
+        "sla_breaches",
+        "agent_actions",
+        "approval_stats",
+    }
+    counted = inspector(
+        node_tools,
+        analytics,
+        bearer,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "approval_stats",
+        "--tool-arg",
+        'bucket="hour"',
+    )
+    assert counted["structuredContent"]["bucket"] == "hour"
     up.proc.send_signal(signal.SIGTERM)
     up.proc.wait(timeout=30)

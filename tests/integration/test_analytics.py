@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import mcp.types as mt
 import psycopg
 from aiokafka import AIOKafkaProducer
 from fastmcp import Client
@@ -36,6 +37,7 @@ from tests.conftest import (
     read_events,
     supportmesh_env,
 )
+from tests.integration.test_ticketing_tools import refused
 
 Report = dict[str, Any]
 
@@ -374,3 +376,31 @@ async def test_events_written_while_kafka_is_down_are_counted_when_it_is_back(
         finally:
             broker.resume()
         await mesh.until("ticket_volume", lambda r: r["totals"]["created"] == 6, timeout=120)
+
+
+async def test_a_bad_window_or_grouping_is_refused_naming_the_field(settings: Settings) -> None:
+    async with Client(build_analytics(settings)) as analytics:
+        assert (await refused(analytics, "ticket_volume", since="2026-12-02T00:00:00Z",
+                              until="2026-12-01T00:00:00Z")).startswith(
+            "invalid_argument: since: must be before until"
+        )  # fmt: skip
+        assert (
+            await refused(analytics, "agent_actions", since="2016-01-01T00:00:00Z", bucket="hour")
+        ).startswith("invalid_argument: bucket: ")
+        assert (await refused(analytics, "ticket_volume", group_by=["assignee"])).startswith(
+            "invalid_argument: group_by.0: "
+        )
+        assert (
+            await refused(analytics, "agent_actions", kind="calls", group_by=["actor"])
+        ).startswith("invalid_argument: group_by: calls (metrics samples) are not counted by")
+        assert (await refused(analytics, "sla_breaches", since=1733000000)).startswith(
+            "invalid_argument: since: "
+        )
+        briefing = await analytics.get_prompt("support-briefing", {"period": "week"})
+        text = briefing.messages[0].content
+        assert isinstance(text, mt.TextContent) and '"ticket_volume"' in text.text
+        completed = await analytics.complete(
+            mt.PromptReference(type="ref/prompt", name="support-briefing"),
+            {"name": "period", "value": "w"},
+        )
+        assert completed.values == ["week"]

@@ -30,7 +30,7 @@ GENERIC_SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge", "memory", "approvals"])
+@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge", "analytics", "memory", "approvals"])
 @pytest.mark.parametrize("scenario", GENERIC_SCENARIOS)
 def test_conformance_scenario_passes(
     node_tools: Path,

@@ -35,7 +35,7 @@ FUZZ_SEED = int(os.environ.get("SUPPORTMESH_FUZZ_SEED") or random.randrange(2**3
 TYPED = re.compile(
     r"^(invalid_argument|not_found|conflict|permission_denied|unauthenticated|unavailable): \S"
 )
-SERVERS = ["ticketing", "crm", "knowledge", "memory", "approvals"]
+SERVERS = ["ticketing", "crm", "knowledge", "analytics", "memory", "approvals"]
 
 
 def rpc(client: httpx.Client, url: str, method: str, params_json: str) -> httpx.Response:
