@@ -63,7 +63,7 @@ glance. Numbers lag the events by about a second."""
 READ = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 EVENTS = Counter(
     "supportmesh_analytics_events_total",
-    "Events the analytics server read, by topic and whether they were new",
+    "Events the analytics server read, by topic and result (applied, duplicate, skipped)",
     ["topic", "result"],
 )
 
@@ -246,9 +246,9 @@ def build_server(settings: Settings) -> FastMCP[Any]:
             consuming = asyncio.Event()
 
             async def apply(batch: EventBatch) -> None:
-                applied = await store.apply_events(pool, batch)
-                for (topic, _), new in zip(batch, applied, strict=True):
-                    EVENTS.labels(topic, "applied" if new else "duplicate").inc()
+                results = await store.apply_events(pool, batch)
+                for (topic, _), result in zip(batch, results, strict=True):
+                    EVENTS.labels(topic, result).inc()
 
             consumer = asyncio.create_task(
                 consume_events(

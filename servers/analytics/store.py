@@ -11,6 +11,7 @@ event (DESIGN §5), in one transaction; the live consumer waits for it, then fin
 already applied. It is the one place analytics reads another schema, and only its outbox.
 """
 
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +45,7 @@ from schemas.events import Event, Topic
 from servers.runtime.database import Pool, Row
 from servers.runtime.errors import InvalidArgument
 
+log = logging.getLogger(__name__)
 Conn = psycopg.AsyncConnection[Row]
 ORCHESTRATOR = "orchestrator"  # the source of the orchestrator service's progress events
 
@@ -135,7 +137,7 @@ async def _apply_ticket(conn: Conn, event: Event, ticket_id: int) -> None:
     await conn.execute(KNOW_TICKET, [ticket_id])
     if event.type == "ticket.updated":
         changes = data.get("changes") or {}
-        before, after = (changes.get("status") or [None, None])[:2]
+        before, after = changes.get("status") or [None, None]
         if after == "solved":
             await conn.execute(SOLVED, [at, ticket_id])
             await conn.execute(HAPPENED, [event.id, ticket_id, "solved", at])
@@ -223,11 +225,38 @@ async def apply_event(conn: Conn, topic: str, event: Event) -> bool:
     return True
 
 
-async def apply_events(pool: Pool, events: Iterable[tuple[str, Event]]) -> list[bool]:
-    """Apply a consumed batch in one transaction; for each event, whether it was new."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(APPLYING)
-        return [await apply_event(conn, topic, event) for topic, event in events]
+# What an event that cannot be applied raises (a number out of range, data of the wrong shape):
+# it is skipped, logged and counted, and never stops the consumer.
+UNAPPLIABLE = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, AttributeError)
+
+
+async def apply_events(pool: Pool, events: Iterable[tuple[str, Event]]) -> list[str]:
+    """Apply a consumed batch in one transaction; for each event ``applied``, ``duplicate`` or
+    ``skipped`` (it cannot be applied: logged, and the rest of the batch still is)."""
+    batch = list(events)
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(APPLYING)
+            return [_result(await apply_event(conn, t, e)) for t, e in batch]
+    except UNAPPLIABLE:
+        pass  # one event spoils the batch: apply them one at a time
+    results = []
+    async with pool.connection() as conn:
+        for topic, event in batch:
+            try:
+                async with conn.transaction():
+                    await conn.execute(APPLYING)
+                    results.append(_result(await apply_event(conn, topic, event)))
+            except UNAPPLIABLE as exc:
+                log.warning(
+                    "skipped event %s (%s from %s): %r", event.id, event.type, event.source, exc
+                )
+                results.append("skipped")
+    return results
+
+
+def _result(new: bool) -> str:
+    return "applied" if new else "duplicate"
 
 
 # --- rebuilding ---------------------------------------------------------------------------------

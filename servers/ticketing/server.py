@@ -2,7 +2,8 @@
 
 Tools are thin: they check arguments (pydantic does it from the signature), call ``store``, and
 let typed errors through. ``build_server(settings)`` makes the server; ``supportmesh serve
-ticketing`` runs it over stdio or HTTP.
+ticketing`` runs it over stdio or HTTP. A Celery worker and beat in its process scan for
+breached SLA clocks (``tasks.py``).
 """
 
 import contextlib

@@ -23,7 +23,7 @@ from fastmcp import Client
 from prometheus_client import REGISTRY
 
 from schemas.analytics import Dashboard
-from schemas.events import Topic
+from schemas.events import Event, Topic
 from schemas.roles import Role
 from servers.analytics.server import build_server as build_analytics
 from servers.approvals.server import build_server as build_approvals
@@ -281,7 +281,9 @@ async def every_event(bootstrap: str) -> list[tuple[str, bytes, bytes]]:
     return records
 
 
-async def test_events_delivered_twice_count_once(backends: Settings, tmp_path: Path) -> None:
+async def test_events_delivered_twice_count_once_and_a_bad_one_is_skipped(
+    backends: Settings, tmp_path: Path
+) -> None:
     async with own_mesh(backends, tmp_path) as mesh:
         await a_morning_of_support(mesh)
         await mesh.until("approval_stats", lambda r: r["totals"]["rejected"] == 1)
@@ -297,7 +299,15 @@ async def test_events_delivered_twice_count_once(backends: Settings, tmp_path: P
         assert mesh.settings.kafka_bootstrap
         records = [r for r in await every_event(mesh.settings.kafka_bootstrap)
                    if r[0] != Topic.SYSTEM_ANALYTICS.value]  # fmt: skip
-        duplicates = applied("duplicate")
+        duplicates, skipped = applied("duplicate"), applied("skipped")
+        # and two events no server of ours would write, which must not stop the consumer
+        poison = [
+            Event(type="ticket.created", source="x", subject="ticket/1", data={"ticket_id": 2**70}),
+            Event(type="ticket.updated", source="x", subject="ticket/1",
+                  data={"ticket_id": 1, "changes": {"status": "solved"}}),
+        ]  # fmt: skip
+        records += [(Topic.AGENT_ACTIONS.value, b"ticket/1", e.model_dump_json().encode())
+                    for e in poison]  # fmt: skip
         producer = AIOKafkaProducer(bootstrap_servers=mesh.settings.kafka_bootstrap)
         await producer.start()
         try:
@@ -306,7 +316,9 @@ async def test_events_delivered_twice_count_once(backends: Settings, tmp_path: P
         finally:
             await producer.stop()
         deadline = asyncio.get_running_loop().time() + 60
-        while applied("duplicate") < duplicates + len(records):
+        while (
+            applied("duplicate") < duplicates + len(records) - 2 or applied("skipped") < skipped + 2
+        ):
             assert asyncio.get_running_loop().time() < deadline, "the duplicates were not read"
             await asyncio.sleep(0.2)
         after = {tool: await mesh.report(tool, **window) for tool in before}
