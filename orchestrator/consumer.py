@@ -36,13 +36,16 @@ CONSUMED = Counter(
 
 
 def ticket_of(event: Event) -> int | None:
-    """The ticket an event asks the orchestrator to act on, or None for one it ignores."""
+    """The ticket an event asks the orchestrator to act on, or None for one it ignores (a
+    number no ticket can have, too: one that fails to insert would stop the consumer)."""
+    ticket_id: object = None
     if event.type == "ticket.created":
         ticket_id = event.data.get("ticket_id")
-        return ticket_id if isinstance(ticket_id, int) else None
-    if event.type in DECIDED:
+    elif event.type in DECIDED:
         found = APPROVAL_SUBJECT.match(str(event.data.get("subject", "")))
-        return int(found.group(1)) if found else None
+        ticket_id = int(found.group(1)) if found else None
+    if isinstance(ticket_id, int) and not isinstance(ticket_id, bool) and 0 < ticket_id < 2**63:
+        return ticket_id
     return None
 
 
