@@ -53,7 +53,7 @@ from servers.runtime.database import migrate_and_open
 from servers.runtime.events import ensure_topics
 from servers.runtime.serve import listening_socket
 from servers.runtime.settings import Settings
-from servers.runtime.tasks import work_here
+from servers.runtime.tasks import configure_tasks, configured_settings, work_here
 from servers.ticketing.server import build_server as build_ticketing
 
 SHARED_DATA_HELP = (
@@ -122,6 +122,18 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     key = SecretStr(secrets.token_urlsafe(48))
     with start_backends(Settings(data_dir=data_dir, auth_signing_key=key), durable=False) as ready:
         yield ready
+
+
+@pytest.fixture(autouse=True)
+def one_celery_environment() -> Iterator[None]:
+    """A process's Celery app serves one environment (its queues and the settings its tasks
+    run with are named after one database): a test that starts servers on a database of its
+    own reconfigures it, so the configuration before the test is put back after it, for the
+    session's servers (their ingests would otherwise be sent to the other database's queue)."""
+    before = configured_settings()
+    yield
+    if before is not None and configured_settings() != before:
+        configure_tasks(before)
 
 
 def token(settings: Settings, role: Role = Role.AGENT, subject: str | None = None) -> str:

@@ -86,6 +86,11 @@ def configure_tasks(settings: Settings) -> Celery:
     return tasks
 
 
+def configured_settings() -> Settings | None:
+    """The settings this process's app was last configured with, or None."""
+    return _configured[0] if _configured else None
+
+
 def task_settings() -> Settings:
     """The settings this process's tasks use (those given to ``configure_tasks``)."""
     assert _configured, "configure_tasks(settings) was not called in this process"
@@ -103,12 +108,22 @@ _running: dict[str, _Running] = {}
 _starting = threading.Lock()
 
 
+WORKER = "worker "  # the name of a worker's entry in _running begins so
+
+
 @contextlib.contextmanager
 def _shared(
     name: str, start: Callable[[], tuple[threading.Thread, Callable[[], None]]]
 ) -> Iterator[None]:
     """One thread per ``name`` in this process, started by the first block that asks for it
-    and stopped when the last one exits."""
+    and stopped when the last one exits.
+
+    Workers are the exception: Celery's workers in one process share state (the requests they
+    hold, among others), and stopping one while another runs leaves that one consuming nothing.
+    So a worker no block needs any more keeps running, idle, until no worker in the process is
+    needed, and then they all stop. (Only tests run workers of several environments in one
+    process; a server process has one.)
+    """
     with _starting:
         if name in _running:
             _running[name].users += 1
@@ -120,12 +135,15 @@ def _shared(
         yield
     finally:
         with _starting:
-            running = _running[name]
-            running.users -= 1
-            if running.users == 0:
-                del _running[name]
-                running.stop()
-                running.thread.join(timeout=30)
+            _running[name].users -= 1
+            stopping = [name] if _running[name].users == 0 else []
+            if stopping and name.startswith(WORKER):
+                workers = {n: r for n, r in _running.items() if n.startswith(WORKER)}
+                in_use = any(r.users for r in workers.values())
+                stopping = [] if in_use else list(workers)
+            for done in [_running.pop(n) for n in stopping]:
+                done.stop()
+                done.thread.join(timeout=30)
 
 
 _local_servers: set[str] = set()
@@ -148,7 +166,7 @@ def worker_in_thread(settings: Settings, server: str, concurrency: int = 3) -> I
     servers named by ``work_here``, until the last block that asked for it exits."""
     configure_tasks(settings)
     _local_servers.add(server)
-    name = f"worker {task_queue(settings, 'worker')}"
+    name = f"{WORKER}{task_queue(settings, 'worker')}"
     queues = [task_queue(settings, s) for s in sorted(_local_servers)]
 
     def start() -> tuple[threading.Thread, Callable[[], None]]:
