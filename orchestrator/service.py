@@ -27,11 +27,10 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -49,8 +48,19 @@ from orchestrator.run import SCHEMA, postgres_checkpointer, thread
 from orchestrator.runner import Graph, Runner
 from orchestrator.tasks import PRUNE_TASK
 from schemas.errors import ErrorCode
+from schemas.orchestrator import (
+    Checkpoint,
+    History,
+    Links,
+    Replay,
+    Replaying,
+    Resume,
+    Resuming,
+    Submitted,
+    TicketRun,
+    TicketSubmission,
+)
 from schemas.roles import Role
-from schemas.ticketing import NewTicket
 from servers.runtime.auth import (
     Caller,
     RememberingVerifier,
@@ -87,27 +97,6 @@ STATUS = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.UNAVAILABLE: 503,
 }
-
-
-class TicketSubmission(NewTicket):
-    """``POST /tickets``: the ticket to open, as ``create_ticket`` takes it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class Resume(BaseModel):
-    """``POST /tickets/{id}/resume``: which approval was decided. Not the decision itself: the
-    run reads it from the approvals server."""
-
-    model_config = ConfigDict(extra="forbid")
-    approval_id: str = Field(min_length=1, max_length=100)
-
-
-class Replay(BaseModel):
-    """``POST /tickets/{id}/replay``: the checkpoint to run the ticket again from."""
-
-    model_config = ConfigDict(extra="forbid")
-    checkpoint_id: str = Field(min_length=1, max_length=100)
 
 
 @dataclass
@@ -234,13 +223,13 @@ class _TooLarge(Exception):
     pass
 
 
-def _json(content: Any, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(to_jsonable_python(content), status_code=status_code)
+def _json(content: BaseModel, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(content.model_dump(mode="json"), status_code=status_code)
 
 
-def _links(ticket_id: int) -> dict[str, str]:
+def _links(ticket_id: int) -> Links:
     base = f"/tickets/{ticket_id}"
-    return {"self": base, "events": f"{base}/events", "history": f"{base}/history"}
+    return Links(self=base, events=f"{base}/events", history=f"{base}/history")
 
 
 async def submit(request: Request) -> Response:
@@ -256,7 +245,7 @@ async def submit(request: Request) -> Response:
     ticket_id = int(created["id"])
     async with service.pool.connection() as conn:
         await runs.enqueue(conn, ticket_id, caller.actor)
-    return _json({"ticket_id": ticket_id, "status": "queued", "links": _links(ticket_id)}, 202)
+    return _json(Submitted(ticket_id=ticket_id, status="queued", links=_links(ticket_id)), 202)
 
 
 async def show(request: Request) -> Response:
@@ -270,20 +259,20 @@ async def show(request: Request) -> Response:
     values = snapshot.values
     pending = snapshot.interrupts[0].value if snapshot.interrupts else None
     return _json(
-        {
-            "ticket_id": ticket_id,
-            "status": run["status"] if run else ("waiting" if pending else "resolved"),
-            "node": snapshot.next[0] if snapshot.next else (run or {}).get("node"),
-            "pending_approval": pending,
-            "intent": (values.get("triage") or {}).get("intent"),
-            "plan": values.get("plan"),
-            "outcome": values.get("outcome"),
-            "reply": (values.get("reply") or {}).get("text"),
-            "decisions": values.get("decisions", []),
-            "checkpoint_id": (snapshot.config.get("configurable") or {}).get("checkpoint_id"),
-            "run": {k: v for k, v in (run or {}).items() if k not in ("ticket_id", "status")},
-            "links": _links(ticket_id),
-        }
+        TicketRun(
+            ticket_id=ticket_id,
+            status=run["status"] if run else ("waiting" if pending else "resolved"),
+            node=snapshot.next[0] if snapshot.next else (run or {}).get("node"),
+            pending_approval=pending,
+            intent=(values.get("triage") or {}).get("intent"),
+            plan=values.get("plan"),
+            outcome=values.get("outcome"),
+            reply=(values.get("reply") or {}).get("text"),
+            decisions=values.get("decisions", []),
+            checkpoint_id=(snapshot.config.get("configurable") or {}).get("checkpoint_id"),
+            run={k: v for k, v in (run or {}).items() if k not in ("ticket_id", "status")},
+            links=_links(ticket_id),
+        )
     )
 
 
@@ -295,22 +284,22 @@ async def history(request: Request) -> Response:
     if not _number(limit_text) or not 1 <= int(limit_text) <= 1000:
         raise InvalidArgument("limit", "a number from 1 to 1000")
     checkpoints = [
-        {
-            "checkpoint_id": snap.config["configurable"]["checkpoint_id"],
-            "parent_checkpoint_id": (snap.parent_config or {})
+        Checkpoint(
+            checkpoint_id=snap.config["configurable"]["checkpoint_id"],
+            parent_checkpoint_id=(snap.parent_config or {})
             .get("configurable", {})
             .get("checkpoint_id"),
-            "created_at": snap.created_at,
-            "step": (snap.metadata or {}).get("step"),
-            "source": (snap.metadata or {}).get("source"),
-            "next": list(snap.next),
-            "interrupted": bool(snap.interrupts),
-        }
+            created_at=snap.created_at,
+            step=(snap.metadata or {}).get("step"),
+            source=(snap.metadata or {}).get("source"),
+            next=list(snap.next),
+            interrupted=bool(snap.interrupts),
+        )
         async for snap in service.graph.aget_state_history(thread(ticket_id), limit=int(limit_text))
     ]
     if not checkpoints:
         raise NotFound("ticket_id", f"ticket {ticket_id} has no checkpoints")
-    return _json({"ticket_id": ticket_id, "checkpoints": checkpoints})
+    return _json(History(ticket_id=ticket_id, checkpoints=checkpoints))
 
 
 async def replay(request: Request) -> Response:
@@ -330,7 +319,7 @@ async def replay(request: Request) -> Response:
         await runs.wake_for_replay(conn, ticket_id, chosen.checkpoint_id)
     log.info("%s replays ticket %s from %s", caller.actor, ticket_id, chosen.checkpoint_id)
     return _json(
-        {"ticket_id": ticket_id, "status": "queued", "replay_from": chosen.checkpoint_id}, 202
+        Replaying(ticket_id=ticket_id, status="queued", replay_from=chosen.checkpoint_id), 202
     )
 
 
@@ -360,13 +349,13 @@ async def resume(request: Request) -> Response:
         await runs.wake_on_decision(conn, ticket_id)
     log.info("%s resumes ticket %s after %s", caller.actor, ticket_id, asked.approval_id)
     return _json(
-        {
-            "ticket_id": ticket_id,
-            "approval_id": asked.approval_id,
-            "decision": record["status"],
-            "decided_by": record.get("decided_by"),
-            "status": "resuming",
-        },
+        Resuming(
+            ticket_id=ticket_id,
+            approval_id=asked.approval_id,
+            decision=record["status"],
+            decided_by=record.get("decided_by"),
+            status="resuming",
+        ),
         202,
     )
 

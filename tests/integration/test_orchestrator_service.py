@@ -22,9 +22,11 @@ import psycopg
 import pytest
 from fastmcp import Client
 
+from clients.orchestrator import OrchestratorClient, ServiceRefused
 from orchestrator.graph import build_graph
 from orchestrator.run import postgres_checkpointer, thread
 from orchestrator.tasks import prune
+from schemas.orchestrator import TicketSubmission
 from schemas.roles import Role
 from servers.crm.store import Crm
 from servers.runtime.settings import Settings
@@ -321,66 +323,59 @@ async def test_only_an_approver_resumes_and_only_on_a_decision_the_approvals_ser
     assert await order_status(demo_store, "#W9000001") == "pending"  # rejected: not cancelled
 
 
-def sse(url: str, http: httpx.Client) -> list[tuple[str, dict[str, Any]]]:
-    """The events of a server-sent stream, read until the server ends it."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    kind = ""
-    with http.stream("GET", url, timeout=60) as stream:
-        assert stream.status_code == 200
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
-    return events
-
-
 async def test_a_tickets_event_stream_shows_its_nodes_in_order_and_ends_on_resolve_or_interrupt(
     settings: Settings,
     running_service: str,
     demo_store: Crm,
 ) -> None:
+    """Through the typed client (``clients.orchestrator``), then bad input over plain HTTP."""
     url = running_service
-    with api(settings) as http:
-        submitted = http.post(
-            f"{url}/tickets",
-            json={
-                "subject": TEMPLATES[1][1],
-                "description": TEMPLATES[1][2],
-                "customer_id": TEMPLATES[1][0],
-            },
+    async with OrchestratorClient(url, token(settings, Role.AGENT, "frontdesk")) as service:
+        customer, subject, description = TEMPLATES[1]
+        submitted = await service.submit(
+            TicketSubmission(subject=subject, description=description, customer_id=customer),
+            idempotency_key="stream-test",
         )
-        assert submitted.status_code == 202, submitted.text
-        ticket_id = submitted.json()["ticket_id"]
-        events = sse(f"{url}/tickets/{ticket_id}/events", http)
+        again = await service.submit(
+            TicketSubmission(subject=subject, description=description, customer_id=customer),
+            idempotency_key="stream-test",
+        )
+        assert again.ticket_id == submitted.ticket_id  # a retried submission opens one ticket
+        events = [e async for e in service.events(submitted.ticket_id)]
         finished = [
-            e["data"]["node"]
-            for kind, e in events
-            if kind == "node.finished" and "within" not in e["data"]
+            e.event["data"]["node"]
+            for e in events
+            if e.type == "node.finished" and "within" not in e.event["data"]
         ]
         assert finished[:3] == ["intake", "triage", "research"]
         assert finished[-2:] == ["quality", "resolve"]
-        assert events[0][0] == "run.started" and events[-1][0] == "run.resolved"
-        assert any(kind == "tool.called" for kind, _ in events)
+        assert events[0].type == "run.started" and events[-1].type == "run.resolved"
+        assert any(e.type == "tool.called" for e in events)
+        later = [e async for e in service.events(submitted.ticket_id, after=events[-2].id)]
+        assert [e.id for e in later] == [events[-1].id]  # Last-Event-ID continues
+        run = await service.ticket(submitted.ticket_id)
+        assert run.status == "resolved" and run.reply and run.intent
+        history = await service.history(submitted.ticket_id)
+        assert history.checkpoints[0].next == [] and len(history.checkpoints) > 5
 
-        paused = http.post(
-            f"{url}/tickets",
-            json={"subject": CANCEL[1], "description": CANCEL[2], "customer_id": CANCEL[0]},
-        ).json()["ticket_id"]
-        events = sse(f"{url}/tickets/{paused}/events", http)
-        assert events[-1][0] == "run.interrupted"
-        assert events[-1][1]["data"]["action_requests"][0]["name"] == "cancel_pending_order"
+        paused = await service.submit(
+            TicketSubmission(subject=CANCEL[1], description=CANCEL[2], customer_id=CANCEL[0])
+        )
+        waiting = await service.until_settled(paused.ticket_id)
+        assert waiting.status == "waiting" and waiting.pending_approval
+        assert waiting.pending_approval["action_requests"][0]["name"] == "cancel_pending_order"
+        with pytest.raises(ServiceRefused) as refused:
+            await service.resume(paused.ticket_id, "apr_" + "0" * 32)
+        assert refused.value.status == 403 and refused.value.error.error == "permission_denied"
 
+    with api(settings) as http:
         bad = http.post(f"{url}/tickets", json={"subject": "", "description": "x"})
         assert bad.status_code == 400 and bad.json()["field"] == "subject"
         for bad_id in ("abc", "²", "0", str(2**63)):
-            refused = http.get(f"{url}/tickets/{bad_id}")
-            assert refused.status_code == 400 and refused.json()["field"] == "ticket_id"
-        refused = http.get(f"{url}/tickets/{ticket_id}/history?limit=²")
-        assert refused.status_code == 400 and refused.json()["field"] == "limit"
-        history = http.get(f"{url}/tickets/{ticket_id}/history").json()["checkpoints"]
-        assert history[0]["next"] == [] and len(history) > 5
+            refused_id = http.get(f"{url}/tickets/{bad_id}")
+            assert refused_id.status_code == 400 and refused_id.json()["field"] == "ticket_id"
+        too_many = http.get(f"{url}/tickets/{submitted.ticket_id}/history?limit=²")
+        assert too_many.status_code == 400 and too_many.json()["field"] == "limit"
 
 
 async def test_pruning_keeps_the_last_checkpoint_of_finished_threads_and_paused_ones_whole(
