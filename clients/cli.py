@@ -259,6 +259,56 @@ def orchestrator_service(
             raise typer.Exit(3) from exc
 
 
+@app.command("config")
+def config(
+    client: Annotated[
+        str, typer.Argument(help="claude-desktop, cursor or vscode.", metavar="CLIENT")
+    ],
+    transport: Annotated[
+        Transport,
+        typer.Option(
+            help="stdio: the client starts each server itself; http: it reaches the servers "
+            "of the running `up` with a bearer token."
+        ),
+    ] = Transport.stdio,
+    role: Annotated[Role, typer.Option(help="With http: the token's role.")] = Role.AGENT,
+    subject: Annotated[
+        str, typer.Option(help="With http: who the token stands for.")
+    ] = "mcp-client",
+) -> None:
+    """Print CLIENT's MCP configuration for every server (JSON): paste it into
+    claude_desktop_config.json, .cursor/mcp.json or .vscode/mcp.json."""
+    from clients.mesh import McpClient, client_config, read_mesh
+    from servers.runtime.auth import issue_token
+    from servers.runtime.settings import Settings
+
+    try:
+        chosen = McpClient(client)
+    except ValueError as exc:
+        choices = ", ".join(c.value for c in McpClient)
+        raise typer.BadParameter(f"one of {choices}", param_hint="CLIENT") from exc
+    settings = Settings()
+    if transport is Transport.stdio:
+        print(json.dumps(client_config(chosen, settings), indent=2))
+        return
+    mesh = read_mesh(settings.data_dir.resolve())
+    if mesh is None:
+        print(
+            f"supportmesh config: no running mesh in {settings.data_dir} to reach over HTTP "
+            "(start `supportmesh up`, or use --transport stdio)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if settings.auth_jwks_uri:
+        raise typer.BadParameter(
+            "tokens come from your identity provider: use --transport stdio, or put one of "
+            "its tokens in the printed headers",
+            param_hint="--transport",
+        )
+    bearer = issue_token(settings, role, subject, ttl_seconds=7 * 24 * 3600)  # the longest
+    print(json.dumps(client_config(chosen, settings, mesh.servers, bearer), indent=2))
+
+
 token_app = typer.Typer(help="Bearer tokens for the HTTP transport.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,49 @@ def backend_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def claude_desktop_config(settings: Settings) -> dict[str, Any]:
-    """``mcpServers`` entries that run each server over stdio on these backends."""
-    command = shutil.which("supportmesh") or str(Path(sys.executable).parent / "supportmesh")
-    return {
-        "mcpServers": {
-            f"supportmesh-{name}": {
-                "command": command,
+class McpClient(StrEnum):
+    """The MCP clients ``supportmesh config`` writes a configuration for."""
+
+    CLAUDE_DESKTOP = "claude-desktop"
+    CURSOR = "cursor"
+    VSCODE = "vscode"
+
+
+def _command() -> str:
+    return shutil.which("supportmesh") or str(Path(sys.executable).parent / "supportmesh")
+
+
+def stdio_env(settings: Settings) -> dict[str, str]:
+    """What a stdio server started by a client needs to reach the same backends: the data
+    directory (whose running engines it shares) and every backend URL that is set."""
+    return {k: v for k, v in backend_env(settings).items() if v}
+
+
+def client_config(
+    client: McpClient,
+    settings: Settings,
+    urls: dict[str, str] | None = None,
+    bearer: str | None = None,
+) -> dict[str, Any]:
+    """Every server, as ``client``'s configuration file declares MCP servers: run over stdio
+    on ``settings``' backends, or, given ``urls``, reached over streamable HTTP with
+    ``bearer``. Claude Desktop's file (``claude_desktop_config.json``) and Cursor's
+    (``.cursor/mcp.json``) use ``mcpServers``; VS Code's (``.vscode/mcp.json``) ``servers``
+    with a ``type``."""
+    entries: dict[str, Any] = {}
+    for name in SERVERS:
+        if urls is None:
+            entry: dict[str, Any] = {
+                "command": _command(),
                 "args": ["serve", name, "--transport", "stdio"],
-                "env": backend_env(settings),
+                "env": stdio_env(settings),
             }
-            for name in SERVERS
-        }
-    }
+        else:
+            entry = {"url": urls[name], "headers": {"Authorization": f"Bearer {bearer}"}}
+        if client is McpClient.VSCODE:
+            entry = {"type": "stdio" if urls is None else "http", **entry}
+        entries[f"supportmesh-{name}"] = entry
+    return {"servers" if client is McpClient.VSCODE else "mcpServers": entries}
 
 
 def read_mesh(data_dir: Path) -> Mesh | None:
@@ -219,7 +250,8 @@ def _print_mesh(settings: Settings, urls: dict[str, str], service: str, seconds:
         '--header "Authorization: Bearer $TOKEN" --method tools/list',
         "",
         "Claude Desktop (claude_desktop_config.json) - stdio servers on these backends:",
-        json.dumps(claude_desktop_config(settings), indent=2),
+        json.dumps(client_config(McpClient.CLAUDE_DESKTOP, settings), indent=2),
+        "(supportmesh config cursor|vscode [--transport http] prints the others' files)",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -1,6 +1,7 @@
 """``supportmesh up`` on a fresh data directory with no configuration at all."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
 
 from clients.mesh import Mesh, read_mesh
 from tests.conftest import STARTUP_SECONDS, SUPPORTMESH, inspector, stopped
@@ -96,6 +98,21 @@ async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> Non
             assert time.monotonic() < deadline, up.log.read_text()[-3000:]
             await asyncio.sleep(0.5)
     assert "unregistered task" not in up.log.read_text()
+    # `supportmesh config ... --transport http`: every server reached as the file says
+    done = subprocess.run(
+        [SUPPORTMESH, "config", "vscode", "--transport", "http"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)["servers"]
+    assert {e["url"] for e in entries.values()} == set(servers.values())
+    for entry in entries.values():
+        assert entry["type"] == "http"
+        async with Client(StreamableHttpTransport(entry["url"], headers=entry["headers"])) as c:
+            assert await c.list_tools()
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(timeout=30)
 
