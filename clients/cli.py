@@ -547,6 +547,56 @@ def kb_search(
 
 
 app.add_typer(notifications_app, name="notifications")
+data_app = typer.Typer(help="Optional data sets, fetched on demand.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="The data set: tau2.")],
+    dest: Annotated[
+        Path | None,
+        typer.Option(help="Where to put it (default: DATA_DIR/datasets, where tests look)."),
+    ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="A base URL serving the repository's files at the pinned commit."),
+    ] = None,
+) -> None:
+    """Download a data set from its repository at a pinned commit, checking every file's
+    sha256. Files already in place with the right hash are kept; running it twice is cheap.
+
+    tau2: tau2-bench's retail store and banking knowledge base (MIT); then
+    `supportmesh crm load DEST/tau2/retail` and `supportmesh kb ingest
+    DEST/tau2/banking_knowledge/documents` load them, and the tests that need them run.
+    """
+    import asyncio
+
+    from rich.progress import Progress
+
+    from clients import data
+    from servers.runtime.settings import Settings
+
+    try:
+        manifest = data.load_manifest(name)
+    except KeyError as exc:
+        choices = ", ".join(data.manifests())
+        raise typer.BadParameter(f"no data set {name!r}; choose from {choices}") from exc
+    target = dest or Settings().data_dir / "datasets"
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"{name} @ {manifest.commit[:10]}", total=len(manifest.files))
+        try:
+            fetched = asyncio.run(data.fetch(manifest, target, mirror, lambda _: bar.advance(task)))
+        except data.FetchFailed as exc:
+            print(f"supportmesh data fetch: {exc}", file=sys.stderr)
+            raise typer.Exit(1) from exc
+    print(
+        f"{name}: {len(fetched.downloaded)} files downloaded, {len(fetched.present)} already "
+        f"there, all checked, in {target.resolve()}\nfrom {manifest.repository} at "
+        f"{manifest.commit}: {manifest.description}"
+    )
+
+
 analytics_app = typer.Typer(help="The analytics server's aggregates.", no_args_is_help=True)
 app.add_typer(analytics_app, name="analytics")
 

@@ -58,17 +58,21 @@ from servers.ticketing.server import build_server as build_ticketing
 
 SHARED_DATA_HELP = (
     "needs tau2-bench's retail store and banking knowledge base (MIT), which are not part of "
-    "this repository: set SUPPORTMESH_SHARED_DATA to the folder holding tau2/retail and "
-    "tau2/banking_knowledge, or put that folder at ../shared/data beside the repository"
+    "this repository: run `supportmesh data fetch tau2`, or set SUPPORTMESH_SHARED_DATA to "
+    "the folder holding tau2/retail and tau2/banking_knowledge"
 )
 
 
 def shared_data() -> Path | None:
-    """The shared data sets, if this machine has them: ``$SUPPORTMESH_SHARED_DATA``, or
-    ``../shared/data`` beside the repository."""
+    """The shared data sets, if this machine has them: ``$SUPPORTMESH_SHARED_DATA``,
+    ``../shared/data`` beside the repository, or the copy ``supportmesh data fetch tau2`` put in
+    the data directory (``$SUPPORTMESH_DATA_DIR``, default ``.supportmesh``)."""
+    repository = Path(__file__).parent.parent
+    data_dir = Path(os.environ.get("SUPPORTMESH_DATA_DIR") or repository / ".supportmesh")
     candidates = [
         os.environ.get("SUPPORTMESH_SHARED_DATA", ""),
-        str(Path(__file__).parent.parent.parent / "shared" / "data"),
+        str(repository.parent / "shared" / "data"),
+        str(data_dir / "datasets"),
     ]
     return next((Path(c) for c in candidates if c and (Path(c) / "tau2").is_dir()), None)
 
