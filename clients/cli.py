@@ -172,6 +172,91 @@ def up(
 
 
 @app.command()
+def demo(
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            help="Leave the mesh up afterwards (for the Inspector or Claude Desktop) until Ctrl-C.",
+        ),
+    ] = False,
+) -> None:
+    """See SupportMesh work: start the whole mesh on a fresh data directory of its own
+    (DATA_DIR/demo, embedded engines unless configured), put a morning's tickets through the
+    orchestrator, approve one that waits for a human as a second user, and report.
+
+    Prints the report and writes it to DATA_DIR/demo/report.html (with charts) and
+    report.json. Nothing is left running unless --keep-running.
+    """
+    import asyncio
+    import shutil
+    import subprocess
+
+    from rich.console import Console
+
+    from clients.demo import print_report, run_demo, write_report
+    from clients.mesh import read_mesh
+
+    settings = _settings("WARNING")
+    console = Console()
+    demo_dir = settings.data_dir.resolve() / "demo"
+    running = read_mesh(demo_dir)
+    if running is not None:
+        print(
+            f"supportmesh demo: a demo mesh runs already (pid {running.pid}, {demo_dir}); "
+            "stop it first",
+            file=sys.stderr,
+        )
+        raise typer.Exit(3)
+    if settings.postgres_url is None:  # embedded engines: start from nothing, every time
+        shutil.rmtree(demo_dir, ignore_errors=True)
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SUPPORTMESH_DATA_DIR": str(demo_dir)}
+    started = time.monotonic()
+    with (demo_dir / "up.log").open("wb") as log:
+        up_process = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "up", "--free-ports", "--demo"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with console.status("Starting the mesh (six MCP servers, the orchestrator service, "
+                            "PostgreSQL, Redis, Kafka, Qdrant, Celery)..."):  # fmt: skip
+            while (mesh := read_mesh(demo_dir)) is None or mesh.pid != up_process.pid:
+                if up_process.poll() is not None:
+                    tail = (demo_dir / "up.log").read_text()[-3000:]
+                    print(f"supportmesh demo: the mesh did not start:\n{tail}", file=sys.stderr)
+                    raise typer.Exit(1)
+                time.sleep(0.2)
+        console.print(f"The mesh is up in {time.monotonic() - started:.1f} s ({demo_dir}).")
+        settings = settings.model_copy(update={"data_dir": demo_dir})
+        report = asyncio.run(run_demo(settings, mesh, console))
+        print_report(report, console)
+        page = write_report(report, demo_dir)
+        console.print(f"Report: {page}  (and report.json beside it)")
+        if keep_running:
+            console.print(
+                "The mesh stays up; Ctrl-C stops it. Its servers, in "
+                f"{demo_dir / 'mesh.json'}:\n"
+                + "\n".join(f"  {name:<10} {url}" for name, url in mesh.servers.items())
+                + f"\n  orchestrator {mesh.orchestrator}\nA token: SUPPORTMESH_DATA_DIR="
+                f"{demo_dir} supportmesh token issue --role agent --subject you@example.com"
+            )
+            up_process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if up_process.poll() is None:
+            up_process.terminate()
+            try:
+                up_process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                up_process.kill()
+                up_process.wait()
+
+
+@app.command()
 def handle(
     ticket_id: Annotated[int, typer.Argument(help="The ticket to handle.")],
     resume: Annotated[

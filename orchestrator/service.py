@@ -265,6 +265,7 @@ async def show(request: Request) -> Response:
             node=snapshot.next[0] if snapshot.next else (run or {}).get("node"),
             pending_approval=pending,
             intent=(values.get("triage") or {}).get("intent"),
+            approval=values.get("approval"),
             plan=values.get("plan"),
             outcome=values.get("outcome"),
             reply=(values.get("reply") or {}).get("text"),

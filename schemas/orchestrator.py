@@ -56,6 +56,9 @@ class TicketRun(BaseModel):
         description="While waiting: the HITL request (action_requests, review_configs)."
     )
     intent: str | None
+    approval: dict[str, Any] | None = Field(
+        description="The approval the run asked for (id, status), as it last read it."
+    )
     plan: dict[str, Any] | None
     outcome: dict[str, Any] | None
     reply: str | None
