@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastmcp import Context, FastMCP
 from fastmcp.prompts import Message
 from mcp.types import ToolAnnotations
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field, StrictInt
 
 from schemas.analytics import (
@@ -61,6 +61,9 @@ buckets (UTC), optionally split by fields. Read analytics://dashboard for the la
 glance. Numbers lag the events by about a second."""
 
 READ = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+APPROVALS_PENDING = Gauge(
+    "supportmesh_approvals_pending", "Approvals requested and not yet decided or expired"
+)
 EVENTS = Counter(
     "supportmesh_analytics_events_total",
     "Events the analytics server read, by topic and result (applied, duplicate, skipped)",
@@ -249,6 +252,8 @@ def build_server(settings: Settings) -> FastMCP[Any]:
                 results = await store.apply_events(pool, batch)
                 for (topic, _), result in zip(batch, results, strict=True):
                     EVENTS.labels(topic, result).inc()
+                if any(topic == Topic.HUMAN_APPROVALS for topic, _ in batch):
+                    APPROVALS_PENDING.set(await store.pending_approvals(pool))
 
             consumer = asyncio.create_task(
                 consume_events(

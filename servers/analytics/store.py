@@ -647,6 +647,12 @@ BREACHES_BY_CLOCK = """
 LAST_EVENT = "SELECT max(at) AS at FROM consumed_events"
 
 
+async def pending_approvals(pool: Pool) -> int:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(PENDING_APPROVALS)).fetchone()
+    return int(row["n"]) if row else 0
+
+
 async def dashboard(pool: Pool, now: datetime | None = None) -> Dashboard:
     """The last 24 hours: ticket volume and times, breaches, approvals, actions, events."""
     until = _utc(now) if now else datetime.now(UTC)

@@ -267,6 +267,18 @@ async def schema_with_outbox(
         await pool.close()
 
 
+async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
+    """Records behind the end of each topic, over this consumer's partitions (those whose end
+    it has seen in a fetch)."""
+    behind: dict[str, int] = {}
+    for partition in consumer.assignment():
+        if (end := consumer.highwater(partition)) is not None:
+            position = await consumer.position(partition)
+            behind[partition.topic] = behind.get(partition.topic, 0) + max(0, end - position)
+    for topic, records in behind.items():
+        telemetry.CONSUMER_LAG.labels(group, topic).set(records)
+
+
 # (topic, event) pairs of one fetch, in each partition's order
 EventBatch = list[tuple[str, Event]]
 
@@ -342,6 +354,7 @@ async def _consume(
                         telemetry.EVENTS_MALFORMED.labels(group, partition.topic).inc()
             if batch:
                 await apply(batch)
+            await _record_lag(consumer, group)
             if fetched or not ready.is_set():
                 # The first time, too: a position found by offset reset is committed, so that
                 # what is published while this consumer is down is read when it is back.

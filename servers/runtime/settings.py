@@ -17,7 +17,10 @@ from schemas.ticketing import SlaPolicy
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SUPPORTMESH_", env_file=".env", extra="ignore")
+    # An empty variable is an unset one: compose files pass optional settings as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix="SUPPORTMESH_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     data_dir: Path = Field(Path(".supportmesh"), description="Where embedded engines keep data.")
     postgres_url: str | None = Field(None, description="postgresql://… ; unset = embedded.")

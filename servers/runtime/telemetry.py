@@ -28,6 +28,11 @@ OUTBOX_UNSENT = Gauge("supportmesh_outbox_unsent", "Outbox events not yet on Kaf
 EVENTS_PUBLISHED = Counter(
     "supportmesh_events_published_total", "Events published to Kafka", ["server", "topic"]
 )
+CONSUMER_LAG = Gauge(
+    "supportmesh_consumer_lag",
+    "Records on a topic a consumer group has not read yet (this process's partitions)",
+    ["group", "topic"],
+)
 EVENTS_MALFORMED = Counter(
     "supportmesh_events_malformed_total",
     "Kafka records a consumer skipped because they were not events",

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from clients.registry import SERVERS
 from servers.runtime.settings import Settings
 from tests.conftest import bearer_proxy, inspector, node_env, token
 
@@ -30,7 +31,7 @@ GENERIC_SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize("server", ["ticketing", "crm", "knowledge", "analytics", "memory", "approvals"])
+@pytest.mark.parametrize("server", list(SERVERS))
 @pytest.mark.parametrize("scenario", GENERIC_SCENARIOS)
 def test_conformance_scenario_passes(
     node_tools: Path,

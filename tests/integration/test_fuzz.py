@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, seed
 from hypothesis import settings as run_with
 from hypothesis import strategies as st
 
+from clients.registry import SERVERS
 from schemas.roles import Role
 from servers.runtime.settings import Settings
 from tests.conftest import SERVED_DATABASES, token
@@ -35,7 +36,6 @@ FUZZ_SEED = int(os.environ.get("SUPPORTMESH_FUZZ_SEED") or random.randrange(2**3
 TYPED = re.compile(
     r"^(invalid_argument|not_found|conflict|permission_denied|unauthenticated|unavailable): \S"
 )
-SERVERS = ["ticketing", "crm", "knowledge", "analytics", "memory", "approvals"]
 
 
 def rpc(client: httpx.Client, url: str, method: str, params_json: str) -> httpx.Response:
@@ -88,7 +88,7 @@ def last_audit_id(postgres_url: str, schema: str) -> int:
     return int(row[0])
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", list(SERVERS))
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 1 MB string, on purpose
 def test_every_reply_is_a_result_or_a_typed_error(
     server: str, request: pytest.FixtureRequest, settings: Settings
