@@ -32,7 +32,9 @@ ApprovalSubject = Annotated[
 ]
 ActionTool = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$"),
+    StringConstraints(
+        strip_whitespace=True, max_length=200, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$"
+    ),
     Field(
         description="The tool the approval allows, as 'server.tool' or 'tool', e.g. "
         "'crm.return_delivered_order_items'."

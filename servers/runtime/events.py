@@ -22,7 +22,7 @@ from typing import Any, Literal
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 BATCH = 200
 CLAIM_UNSENT = """
     SELECT seq, topic, key, event::text AS event FROM outbox
-    WHERE sent_at IS NULL ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED
+    WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED
 """
 MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE seq = ANY(%s)"
-COUNT_UNSENT = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL"
+MARK_FAILED = "UPDATE outbox SET failed_at = now(), error = %s WHERE seq = %s"
+COUNT_UNSENT = "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL"
 LEAD = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 INSERT_OUTBOX = """
     INSERT INTO outbox (id, topic, key, event) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
@@ -156,14 +157,25 @@ class OutboxRelay:
             rows: list[dict[str, Any]] = await (
                 await conn.execute(CLAIM_UNSENT, [BATCH])
             ).fetchall()
-            if rows:
-                sends = [
-                    await producer.send(r["topic"], r["event"].encode(), key=r["key"].encode())
-                    for r in rows
-                ]
+            sends, sent = [], []
+            for row in rows:
+                try:
+                    sends.append(
+                        await producer.send(
+                            row["topic"], row["event"].encode(), key=row["key"].encode()
+                        )
+                    )
+                    sent.append(row)
+                except MessageSizeTooLargeError as exc:
+                    # Never sendable: set aside (the outbox keeps it, a rebuild reads it), so
+                    # that it does not hold up every event after it.
+                    log.error("outbox %s: event %s set aside: %s", self.schema, row["seq"], exc)
+                    await conn.execute(MARK_FAILED, [str(exc)[:1000], row["seq"]])
+                    telemetry.EVENTS_SET_ASIDE.labels(self.schema, row["topic"]).inc()
+            if sent:
                 await asyncio.gather(*sends)
-                await conn.execute(MARK_SENT, [[r["seq"] for r in rows]])
-                for row in rows:
+                await conn.execute(MARK_SENT, [[r["seq"] for r in sent]])
+                for row in sent:
                     telemetry.EVENTS_PUBLISHED.labels(self.schema, row["topic"]).inc()
             unsent = await (await conn.execute(COUNT_UNSENT)).fetchone()
         telemetry.OUTBOX_UNSENT.labels(self.schema).set(unsent["n"] if unsent else 0)

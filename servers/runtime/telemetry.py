@@ -5,6 +5,7 @@ that several servers in one process (``supportmesh up``) stay apart on ``/metric
 """
 
 import logging
+import os
 import sys
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -27,6 +28,11 @@ MESSAGES_REFUSED = Counter(
 OUTBOX_UNSENT = Gauge("supportmesh_outbox_unsent", "Outbox events not yet on Kafka", ["server"])
 EVENTS_PUBLISHED = Counter(
     "supportmesh_events_published_total", "Events published to Kafka", ["server", "topic"]
+)
+EVENTS_SET_ASIDE = Counter(
+    "supportmesh_events_set_aside_total",
+    "Outbox events Kafka can never take (too large), kept in the outbox but not published",
+    ["server", "topic"],
 )
 CONSUMER_LAG = Gauge(
     "supportmesh_consumer_lag",
@@ -66,3 +72,23 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def configure_tracing(service: str) -> bool:
+    """Export OpenTelemetry spans by OTLP over HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set
+    (the standard ``OTEL_*`` variables configure the exporter; the service is named
+    ``supportmesh-<service>`` unless ``OTEL_SERVICE_NAME`` says otherwise); otherwise tracing
+    stays off and costs nothing. Whether it is on."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return False
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"supportmesh-{service}"
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)  # flushed when the process exits
+    return True

@@ -42,6 +42,10 @@ INSERT_AUDIT = """
 """
 
 
+MAX_TITLE = 200  # a message's subject line
+MAX_BODY = 20_000  # and its text: a message, not a document
+
+
 @dataclass
 class Write:
     """The open transaction of one write, handed to the tool's change."""
@@ -71,7 +75,13 @@ class Write:
         Nothing is queued when there is nobody to tell.
         """
         if to:
-            data = {"kind": kind, "to": to, "title": title, "body": body, **about}
+            data = {
+                "kind": kind,
+                "to": to,
+                "title": title[:MAX_TITLE],
+                "body": body[:MAX_BODY],
+                **about,
+            }
             self._queue(Topic.NOTIFICATIONS_OUTBOUND, "notification.requested", subject, data)
 
     def _queue(self, topic: Topic, type: str, subject: str, data: dict[str, Any]) -> None:

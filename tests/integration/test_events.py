@@ -8,10 +8,10 @@ from typing import Any
 import psycopg
 from fastmcp import Client
 
-from schemas.events import Event
+from schemas.events import Event, Topic
 from servers.runtime.backends import embedded_kafka
 from servers.runtime.database import open_pool
-from servers.runtime.events import OutboxRelay
+from servers.runtime.events import OutboxRelay, add_to_outbox, schema_with_outbox
 from servers.runtime.settings import Settings
 from servers.ticketing.server import build_server
 from tests.conftest import broker_process, fresh_database, on_own_broker, read_events
@@ -197,3 +197,33 @@ async def test_two_relays_on_one_outbox_keep_a_tickets_events_in_commit_order(
                 await asyncio.gather(other, return_exceptions=True)
                 await pool.close()
         assert [e.id for e in events if e.subject == subject] == [r["id"] for r in rows]
+
+
+async def test_an_event_too_large_for_kafka_is_set_aside_and_the_next_ones_still_go(
+    backends: Settings, tmp_path: Path
+) -> None:
+    """Kafka refuses a record over the producer's maximum request (1 MiB) every time: the relay
+    sets it aside with the reason, instead of retrying it forever in front of the rest."""
+    assert backends.postgres_url
+    with fresh_database(backends.postgres_url) as url, embedded_kafka(tmp_path) as bootstrap:
+        settings = on_own_broker(backends, url, bootstrap, poll=0.05)
+        migrations = tmp_path / "migrations"
+        migrations.mkdir()
+        async with schema_with_outbox(settings, "bulky", migrations) as pool:
+            huge = Event(type="x.huge", source="bulky", subject="x/1", data={"blob": "a" * 2**21})
+            small = Event(type="x.small", source="bulky", subject="x/1", data={})
+            async with pool.connection() as conn, conn.transaction():
+                await add_to_outbox(
+                    conn, [(Topic.AGENT_ACTIONS, huge), (Topic.AGENT_ACTIONS, small)]
+                )
+            events = await read_events(
+                bootstrap, "agent.actions", lambda evs: any(e.id == small.id for e in evs)
+            )
+            assert huge.id not in {e.id for e in events}
+            async with pool.connection() as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT failed_at, error FROM outbox WHERE id = %s", [huge.id]
+                    )
+                ).fetchone()
+            assert row and row["failed_at"] and "larger than" in row["error"]
