@@ -100,7 +100,7 @@ async def test_http_serves_probes_and_metrics(ticketing_http: str, settings: Set
     async with httpx.AsyncClient(base_url=base) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok", "server": "ticketing"}
         ready = (await http.get("/readyz")).json()
-        assert ready == {"ready": True, "backends": {"postgres": "ok"}}
+        assert ready == {"ready": True, "backends": {"postgres": "ok", "redis": "ok"}}
         async with Client(ticketing_http, auth=token(settings)) as client:
             await client.call_tool("get_ticket", {"ticket_id": 999999}, raise_on_error=False)
         metrics = (await http.get("/metrics")).text
