@@ -51,12 +51,16 @@ app = typer.Typer(
 )
 
 
-def _settings(log_level: str | None = None) -> "Settings":
+def _settings(log_level: str | None = None, traced_as: str | None = None) -> "Settings":
+    """The settings, with logging configured, and tracing (OTLP, when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set) for a process serving as ``traced_as``."""
     from servers.runtime.settings import Settings
-    from servers.runtime.telemetry import configure_logging
+    from servers.runtime.telemetry import configure_logging, configure_tracing
 
     settings = Settings()
     configure_logging(log_level or settings.log_level)
+    if traced_as:
+        configure_tracing(traced_as)
     # Until the event loop runs (starting engines), SIGTERM interrupts like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     return settings
@@ -106,7 +110,7 @@ def serve(
     from servers.runtime.backends import start_backends
     from servers.runtime.serve import serve_stdio
 
-    settings = _settings("WARNING" if transport is Transport.stdio else None)
+    settings = _settings("WARNING" if transport is Transport.stdio else None, name.value)
     entry = SERVERS[name.value]
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
         server = entry.module.build_server(ready)
@@ -156,7 +160,7 @@ def up(
     from clients.mesh import PortInUse, run_up
     from servers.runtime.backends import start_backends
 
-    settings = _settings()
+    settings = _settings(traced_as="mesh")
     started = time.monotonic()
     demo = settings.postgres_url is None if demo is None else demo
     offset = None if free_ports else port_offset
@@ -319,7 +323,7 @@ def orchestrator_service(
     from clients.mesh import PortInUse, read_mesh, serve_orchestrator
     from servers.runtime.backends import start_backends
 
-    settings = _settings()
+    settings = _settings(traced_as="orchestrator")
     urls = settings.mcp_urls
     if not urls:
         mesh = read_mesh(settings.data_dir.resolve())
@@ -731,7 +735,7 @@ def worker(
     With Qdrant in local mode (SUPPORTMESH_QDRANT_URL unset) the store admits one process, so
     the knowledge server runs its own worker: then name the other servers with --only.
     """
-    settings = _settings()
+    settings = _settings(traced_as="worker")
     import orchestrator.tasks  # noqa: F401
     import servers.approvals.tasks
     import servers.knowledge.tasks

@@ -36,6 +36,7 @@ from orchestrator.state import (
     ResearchState,
     TicketState,
 )
+from orchestrator.tracing import traced
 from servers.runtime.keys import joined_key
 
 MAX_DRAFTS = 2  # replies quality may send back to solution before a human takes the ticket
@@ -236,7 +237,7 @@ def research_graph() -> CompiledStateGraph[
         output_schema=ResearchOutput,
     )
     for name, node in (("knowledge", knowledge), ("crm", crm), ("memory", memory)):
-        builder.add_node(name, node, retry_policy=RETRY)
+        builder.add_node(name, traced(name, node), retry_policy=RETRY)
         builder.add_edge(name, END)
     builder.add_conditional_edges(START, fan_out, ["knowledge", "crm", "memory"])
     return builder.compile()
@@ -533,15 +534,19 @@ def build_graph(
     checkpointer: Checkpointer = None,
 ) -> CompiledStateGraph[TicketState, RunContext, TicketState, TicketState]:
     builder = StateGraph(TicketState, context_schema=RunContext)
-    builder.add_node("intake", intake, retry_policy=RETRY)
-    builder.add_node("triage", triage, retry_policy=RETRY)
+    # Each node runs in a span of its own (orchestrator.tracing).
+    for name, node in (
+        ("intake", intake),
+        ("triage", triage),
+        ("solution", solution),
+        ("request_approval", request_approval),
+        ("await_decision", await_decision),
+        ("act", act),
+        ("resolve", resolve),
+    ):
+        builder.add_node(name, traced(name, node), retry_policy=RETRY)
     builder.add_node("research", research_graph())
-    builder.add_node("solution", solution, retry_policy=RETRY)
-    builder.add_node("request_approval", request_approval, retry_policy=RETRY)
-    builder.add_node("await_decision", await_decision, retry_policy=RETRY)
-    builder.add_node("act", act, retry_policy=RETRY)
-    builder.add_node("quality", quality)
-    builder.add_node("resolve", resolve, retry_policy=RETRY)
+    builder.add_node("quality", quality)  # decides from the state alone: nothing to trace
     builder.add_edge(START, "intake")
     builder.add_edge("intake", "triage")
     builder.add_edge("triage", "research")

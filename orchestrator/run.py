@@ -22,7 +22,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from orchestrator.graph import RunContext
+from orchestrator.mesh import RUN_TRACE
 from orchestrator.state import TicketState
+from orchestrator.tracing import run_span
 
 SCHEMA = "orchestrator"
 
@@ -162,9 +164,10 @@ async def handle(
     for a decision has ``__interrupt__``."""
     start = await start_input(graph, ticket_id, resume)
     if start is not None:
-        result: dict[str, Any] = await graph.ainvoke(
-            start[1], thread(ticket_id), context=context, durability="sync"
-        )
+        with run_span(ticket_id, RUN_TRACE.get() or context.mesh.trace_id, start[0]):
+            result: dict[str, Any] = await graph.ainvoke(
+                start[1], thread(ticket_id), context=context, durability="sync"
+            )
         return result
     snapshot = await graph.aget_state(thread(ticket_id))
     waiting = {"__interrupt__": list(snapshot.interrupts)} if snapshot.interrupts else {}

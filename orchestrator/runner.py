@@ -37,6 +37,7 @@ from orchestrator.graph import RunContext
 from orchestrator.mesh import RUN_TRACE
 from orchestrator.run import Busy, describe, lease, start_input, thread
 from orchestrator.state import TicketState
+from orchestrator.tracing import run_span
 from schemas.events import Event, Topic
 from servers.runtime.database import Pool
 from servers.runtime.events import add_to_outbox
@@ -237,7 +238,8 @@ class Runner:
                 started = time.perf_counter()
                 trace = RUN_TRACE.set(claimed["trace_id"])
                 try:
-                    end = await self._run(ticket_id, claimed)
+                    with run_span(ticket_id, claimed["trace_id"]):
+                        end = await self._run(ticket_id, claimed)
                 except Exception as exc:  # the run failed: recorded and tried again later
                     end = await self._failed(ticket_id, exc)
                 finally:
