@@ -31,6 +31,7 @@ from schemas.roles import Role
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from clients.mesh import Mesh
     from servers.runtime.settings import Settings
 
 # Servers, engines and their libraries are imported inside the commands that use them, so that
@@ -64,6 +65,20 @@ def _settings(log_level: str | None = None, traced_as: str | None = None) -> "Se
     # Until the event loop runs (starting engines), SIGTERM interrupts like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     return settings
+
+
+def _running_mesh(settings: "Settings", command: str, otherwise: str) -> "Mesh":
+    """What the running `up` in the data directory serves; exit 2 saying so if none runs."""
+    from clients.mesh import read_mesh
+
+    mesh = read_mesh(settings.data_dir.resolve())
+    if mesh is None:
+        print(
+            f"supportmesh {command}: no running mesh in {settings.data_dir} ({otherwise})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    return mesh
 
 
 def _run(main: "Coroutine[Any, Any, None]") -> None:
@@ -280,17 +295,13 @@ def handle(
     from rich.console import Console
 
     from clients.handle import handle_ticket
-    from clients.mesh import read_mesh
 
     settings = _settings("WARNING")
-    mesh = read_mesh(settings.data_dir.resolve())
-    if mesh is None:
-        print(
-            f"supportmesh handle: no running mesh in {settings.data_dir} (start `supportmesh "
-            "up`, or set SUPPORTMESH_DATA_DIR to its data directory)",
-            file=sys.stderr,
-        )
-        raise typer.Exit(2)
+    mesh = _running_mesh(
+        settings,
+        "handle",
+        "start `supportmesh up`, or set SUPPORTMESH_DATA_DIR to its data directory",
+    )
     settings = settings.model_copy(
         update={"postgres_url": mesh.backends["SUPPORTMESH_POSTGRES_URL"] or None}
     )
@@ -320,21 +331,17 @@ def orchestrator_service(
     the data directory (`up` runs a service of its own). Replicas may run side by side on the
     same PostgreSQL and Kafka: they share the work, one runner per ticket.
     """
-    from clients.mesh import PortInUse, read_mesh, serve_orchestrator
+    from clients.mesh import PortInUse, serve_orchestrator
     from servers.runtime.backends import start_backends
 
     settings = _settings(traced_as="orchestrator")
-    urls = settings.mcp_urls
-    if not urls:
-        mesh = read_mesh(settings.data_dir.resolve())
-        if mesh is None:
-            print(
-                "supportmesh orchestrator: set SUPPORTMESH_MCP_URLS to the servers' MCP URLs "
-                f"(JSON), or start `supportmesh up` in {settings.data_dir}",
-                file=sys.stderr,
-            )
-            raise typer.Exit(2)
-        urls = mesh.servers
+    urls = settings.mcp_urls or (
+        _running_mesh(
+            settings,
+            "orchestrator",
+            "set SUPPORTMESH_MCP_URLS to the servers' MCP URLs (JSON), or start `supportmesh up`",
+        ).servers
+    )
     missing = sorted({"ticketing", "crm", "knowledge", "memory", "approvals"} - set(urls))
     if missing:
         raise typer.BadParameter(
@@ -367,7 +374,7 @@ def config(
 ) -> None:
     """Print CLIENT's MCP configuration for every server (JSON): paste it into
     claude_desktop_config.json, .cursor/mcp.json or .vscode/mcp.json."""
-    from clients.mesh import McpClient, client_config, read_mesh
+    from clients.mesh import McpClient, client_config
     from servers.runtime.auth import issue_token
     from servers.runtime.settings import Settings
 
@@ -380,14 +387,7 @@ def config(
     if transport is Transport.stdio:
         print(json.dumps(client_config(chosen, settings), indent=2))
         return
-    mesh = read_mesh(settings.data_dir.resolve())
-    if mesh is None:
-        print(
-            f"supportmesh config: no running mesh in {settings.data_dir} to reach over HTTP "
-            "(start `supportmesh up`, or use --transport stdio)",
-            file=sys.stderr,
-        )
-        raise typer.Exit(2)
+    mesh = _running_mesh(settings, "config", "start `supportmesh up`, or use --transport stdio")
     if settings.auth_jwks_uri:
         raise typer.BadParameter(
             "tokens come from your identity provider: use --transport stdio, or put one of "

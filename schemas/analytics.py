@@ -72,18 +72,15 @@ class Window(BaseModel):
     group_by: list[str]
 
 
-class VolumeRow(BaseModel):
-    bucket_start: datetime
-    group: dict[str, str | None]
-    created: int
-    solved: int
-    reopened: int
-
-
 class VolumeTotals(BaseModel):
     created: int
     solved: int
     reopened: int
+
+
+class VolumeRow(VolumeTotals):
+    bucket_start: datetime
+    group: dict[str, str | None]
 
 
 class TicketVolume(Window):
@@ -158,17 +155,6 @@ class AgentActions(Window):
     total: int
 
 
-class ApprovalRow(BaseModel):
-    bucket_start: datetime
-    group: dict[str, str | None]
-    requested: int
-    approved: int
-    rejected: int
-    expired: int
-    decision_p50_seconds: float | None
-    decision_p90_seconds: float | None
-
-
 class ApprovalTotals(BaseModel):
     requested: int
     approved: int
@@ -176,6 +162,11 @@ class ApprovalTotals(BaseModel):
     expired: int
     decision_p50_seconds: float | None
     decision_p90_seconds: float | None
+
+
+class ApprovalRow(ApprovalTotals):
+    bucket_start: datetime
+    group: dict[str, str | None]
 
 
 class ApprovalStats(Window):
