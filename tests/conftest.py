@@ -124,7 +124,11 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     data_dir = tmp_path_factory.mktemp("supportmesh")
     # One signing key for every server this session starts, whatever its data directory.
     key = SecretStr(secrets.token_urlsafe(48))
-    with start_backends(Settings(data_dir=data_dir, auth_signing_key=key), durable=False) as ready:
+    # Ingests are never re-sent by beat here: servers over HTTP index their own ingests on the
+    # session's database into vector stores of their own, and a slow fuzz ingest of theirs would
+    # be re-sent to the in-process worker (tests call the re-send themselves).
+    started = Settings(data_dir=data_dir, auth_signing_key=key, ingest_stale_seconds=86_400 * 30)
+    with start_backends(started, durable=False) as ready:
         yield ready
 
 

@@ -114,10 +114,11 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How often idle sessions are looked for."
     )
     ingest_stale_seconds: int = Field(
-        300,
+        1800,
         ge=1,
         description="An article still waiting to be indexed this long after its task was sent "
-        "gets its task sent again (looked for every half of this).",
+        "gets its task sent again (looked for every half of this). Keep it above the longest "
+        "wait a backlog of ingests may have, or queued tasks are sent twice.",
     )
     cache_ttl_seconds: int = Field(
         300, ge=1, description="How long a cached read (CRM customers, products) may live."

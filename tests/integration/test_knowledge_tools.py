@@ -353,7 +353,7 @@ async def test_an_ingest_whose_task_was_lost_is_sent_again_and_finishes(
     # As if the broker had lost the task: the item waits, sent long ago, the article unindexed.
     await db.execute(
         "UPDATE knowledge.ingest_items SET state = 'pending', finished_at = NULL, "
-        "sent_at = now() - interval '1 hour' WHERE job_id = %s",
+        "sent_at = now() - interval '60 days' WHERE job_id = %s",
         [job["id"]],
     )
     await db.execute("UPDATE knowledge.articles SET indexed_hash = NULL WHERE id = %s", [doc["id"]])
