@@ -158,13 +158,16 @@ def settings(backends: Settings) -> Iterator[Settings]:
 
 
 def on_own_broker(backends: Settings, url: str, bootstrap: str, poll: float) -> Settings:
-    """Settings for a server on a database and an embedded broker of its own."""
+    """Settings for a server on a database and an embedded broker of its own. Without a Celery
+    worker: this process has one, the session's (a process's workers share Celery's state, so a
+    second one, for another database, would break the first); its tests call tasks directly."""
     return backends.model_copy(
         update={
             "postgres_url": url,
             "kafka_bootstrap": bootstrap,
             "outbox_poll_seconds": poll,
             "kafka_record_per_batch": True,
+            "worker_in_process": False,
         }
     )
 
@@ -515,7 +518,10 @@ def approvals_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def analytics_http(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving_over_http("analytics", settings, tmp_path_factory.mktemp("http")) as url:
+    # A database of its own: it hands over and delivers the notifications on Kafka, and on the
+    # session's database it would deliver those of the notification tests by its settings.
+    workdir = tmp_path_factory.mktemp("http")
+    with serving_over_http("analytics", settings, workdir, own_store=True) as url:
         yield url
 
 

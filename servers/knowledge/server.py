@@ -257,7 +257,7 @@ def build_server(settings: Settings) -> FastMCP[Any]:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
             if vectors.local:  # nobody else can write this store: work its tasks here
-                stack.enter_context(worker_in_thread(settings, NAME))
+                stack.enter_context(worker_in_thread(settings, NAME, required=True))
             resend = {
                 RESEND_TASK: {"task": RESEND_TASK, "schedule": settings.ingest_stale_seconds / 2}
             }

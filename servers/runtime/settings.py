@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         description="A model2vec model (a folder) that embeds text; unset = the static model "
         "shipped in servers/runtime/models/.",
     )
+    worker_in_process: bool = Field(
+        True,
+        description="Servers run a Celery worker for their tasks in their own process; false: "
+        "`supportmesh worker` runs them elsewhere (the knowledge server with Qdrant in local "
+        "mode always runs its own). A process has one worker, for one environment.",
+    )
     task_visibility_timeout_seconds: int = Field(
         60,
         ge=2,

@@ -108,22 +108,12 @@ _running: dict[str, _Running] = {}
 _starting = threading.Lock()
 
 
-WORKER = "worker "  # the name of a worker's entry in _running begins so
-
-
 @contextlib.contextmanager
 def _shared(
     name: str, start: Callable[[], tuple[threading.Thread, Callable[[], None]]]
 ) -> Iterator[None]:
     """One thread per ``name`` in this process, started by the first block that asks for it
-    and stopped when the last one exits.
-
-    Workers are the exception: Celery's workers in one process share state (the requests they
-    hold, among others), and stopping one while another runs leaves that one consuming nothing.
-    So a worker no block needs any more keeps running, idle, until no worker in the process is
-    needed, and then they all stop. (Only tests run workers of several environments in one
-    process; a server process has one.)
-    """
+    and stopped when the last one exits."""
     with _starting:
         if name in _running:
             _running[name].users += 1
@@ -135,15 +125,12 @@ def _shared(
         yield
     finally:
         with _starting:
-            _running[name].users -= 1
-            stopping = [name] if _running[name].users == 0 else []
-            if stopping and name.startswith(WORKER):
-                workers = {n: r for n, r in _running.items() if n.startswith(WORKER)}
-                in_use = any(r.users for r in workers.values())
-                stopping = [] if in_use else list(workers)
-            for done in [_running.pop(n) for n in stopping]:
-                done.stop()
-                done.thread.join(timeout=30)
+            running = _running[name]
+            running.users -= 1
+            if running.users == 0:
+                del _running[name]
+                running.stop()
+                running.thread.join(timeout=30)
 
 
 _local_servers: set[str] = set()
@@ -161,12 +148,18 @@ def work_here(*servers: str) -> None:
 
 
 @contextlib.contextmanager
-def worker_in_thread(settings: Settings, server: str, concurrency: int = 3) -> Iterator[None]:
+def worker_in_thread(
+    settings: Settings, server: str, concurrency: int = 3, required: bool = False
+) -> Iterator[None]:
     """This process's worker (a thread pool), running ``server``'s tasks and those of the
-    servers named by ``work_here``, until the last block that asked for it exits."""
+    servers named by ``work_here``, until the last block that asked for it exits. Nothing
+    when ``worker_in_process`` is off (a worker elsewhere runs them), unless ``required``."""
     configure_tasks(settings)
+    if not (settings.worker_in_process or required):
+        yield
+        return
     _local_servers.add(server)
-    name = f"{WORKER}{task_queue(settings, 'worker')}"
+    name = f"worker {task_queue(settings, 'worker')}"
     queues = [task_queue(settings, s) for s in sorted(_local_servers)]
 
     def start() -> tuple[threading.Thread, Callable[[], None]]:

@@ -46,13 +46,7 @@ from servers.runtime.database import Pool, Row, migrate_and_open
 from servers.runtime.events import add_to_outbox, new_producer, schema_with_outbox
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import task_queue, worker_in_thread
-from tests.conftest import (
-    SUPPORTMESH,
-    fresh_database,
-    serving_in_thread,
-    stopped,
-    supportmesh_env,
-)
+from tests.conftest import SUPPORTMESH, serving_in_thread, stopped, supportmesh_env
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -123,16 +117,6 @@ async def straight_to_kafka(settings: Settings, *events: Event) -> None:
             )
     finally:
         await producer.stop()
-
-
-@pytest.fixture(scope="module")
-def settings(backends: Settings) -> Iterator[Settings]:
-    """A database of this module's own. The session's analytics server (over HTTP, in a process
-    of its own) hands over and delivers the notifications of the session's database by its own
-    settings: on that database, it would take this module's deliveries from the queue."""
-    assert backends.postgres_url
-    with fresh_database(backends.postgres_url) as url:
-        yield backends.model_copy(update={"postgres_url": url})
 
 
 @pytest.fixture(scope="module")
