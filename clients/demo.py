@@ -22,7 +22,7 @@ from rich.table import Table
 
 from clients import demo_data
 from clients.mesh import Mesh
-from clients.orchestrator import ENDED, OrchestratorClient
+from clients.orchestrator import OrchestratorClient
 from schemas.analytics import Dashboard
 from schemas.orchestrator import TicketSubmission
 from schemas.roles import Role
@@ -97,16 +97,6 @@ def demo_tickets(path: Path = TICKETS) -> list[DemoTicket]:
     return [DemoTicket.model_validate_json(line) for line in path.read_text().splitlines()]
 
 
-async def follow(service: OrchestratorClient, ticket_id: int, after: int = 0) -> int:
-    """Read the run's events until it ends; the last event's id."""
-    last = after
-    async for progress in service.events(ticket_id, after):
-        last = progress.id
-        if progress.type in ENDED:
-            break
-    return last
-
-
 async def run_demo(settings: Settings, mesh: Mesh, console: Console) -> DemoReport:
     """Put the demo tickets through the mesh and gather the report."""
     assert mesh.orchestrator, "up runs the orchestrator service"
@@ -133,7 +123,7 @@ async def run_demo(settings: Settings, mesh: Mesh, console: Console) -> DemoRepo
                     idempotency_key=f"demo-{ticket.id}",
                 )
                 submitted[ticket.id] = made.ticket_id
-                last_event[ticket.id] = await follow(service, made.ticket_id)
+                last_event[ticket.id] = await service.follow(made.ticket_id)
                 seconds[ticket.id] = time.monotonic() - began
                 bar.advance(handling)
 
@@ -197,7 +187,7 @@ async def _approve(
         )
     record = decided.structured_content or {}
     began = time.monotonic()
-    await follow(service, ticket_id, after)  # the service wakes it from human.approvals
+    await service.follow(ticket_id, after)  # the service wakes it from human.approvals
     return Decision(
         ticket_id=ticket_id,
         approval_id=approval_id,

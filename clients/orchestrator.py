@@ -105,11 +105,19 @@ class OrchestratorClient:
             async for sent in source.aiter_sse():
                 yield ProgressEvent(id=int(sent.id), type=sent.event, event=json.loads(sent.data))
 
-    async def until_settled(self, ticket_id: int, after: int = 0) -> TicketRun:
-        """Follow the run until it ends (resolved, waiting or failed), then its state."""
+    async def follow(self, ticket_id: int, after: int = 0) -> int:
+        """Read the run's events from after ``after`` until it ends (resolved, waiting or
+        failed); the last event's id, to follow it again from after a resume."""
+        last = after
         async for progress in self.events(ticket_id, after):
+            last = progress.id
             if progress.type in ENDED:
                 break
+        return last
+
+    async def until_settled(self, ticket_id: int, after: int = 0) -> TicketRun:
+        """Follow the run until it ends, then its state."""
+        await self.follow(ticket_id, after)
         return await self.ticket(ticket_id)
 
     async def ready(self) -> bool:

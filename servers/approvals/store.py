@@ -233,15 +233,15 @@ async def due_for_expiry(pool: Pool, limit: int = 500) -> list[str]:
 async def expire(pool: Pool, caller: Caller, approval_id: str) -> Approval | None:
     """Mark one approval expired if it still is pending and past due; None if it was not."""
 
-    async def change(write: Write) -> _Expired:
+    async def change(write: Write) -> _Changed:
         row: Row | None = await (await write.conn.execute(EXPIRE, [approval_id])).fetchone()
         if row is None:
-            return _Expired(approval=None)
+            return _Changed(approval=None)
         approval = Approval.model_validate(row)
         write.emit(
             Topic.HUMAN_APPROVALS, "approval.expired", _subject(approval_id), _event_data(approval)
         )
-        return _Expired(approval=approval)
+        return _Changed(approval=approval)
 
     done = await perform_write(
         pool,
@@ -250,13 +250,15 @@ async def expire(pool: Pool, caller: Caller, approval_id: str) -> Approval | Non
         caller=caller,
         arguments={"approval_id": approval_id},
         idempotency_key=None,
-        result_type=_Expired,
+        result_type=_Changed,
         change=change,
     )
     return done.approval
 
 
-class _Expired(BaseModel):
+class _Changed(BaseModel):
+    """What an expiry or a reminder changed: the approval, or None if it had nothing to do."""
+
     approval: Approval | None
 
 
@@ -291,10 +293,10 @@ async def remind(
     """Tell ``approvers`` once that a pending approval is about to expire; None if it was
     decided, expired or reminded of already."""
 
-    async def change(write: Write) -> _Expired:
+    async def change(write: Write) -> _Changed:
         row: Row | None = await (await write.conn.execute(REMIND, [approval_id])).fetchone()
         if row is None:
-            return _Expired(approval=None)
+            return _Changed(approval=None)
         approval = Approval.model_validate(row)
         write.notify(
             "approval.expiring",
@@ -307,7 +309,7 @@ async def remind(
             f"{approval.id}).",
             approval_id=approval.id,
         )
-        return _Expired(approval=approval)
+        return _Changed(approval=approval)
 
     done = await perform_write(
         pool,
@@ -316,7 +318,7 @@ async def remind(
         caller=caller,
         arguments={"approval_id": approval_id},
         idempotency_key=None,
-        result_type=_Expired,
+        result_type=_Changed,
         change=change,
     )
     return done.approval

@@ -78,7 +78,7 @@ class Write:
             data = {
                 "kind": kind,
                 "to": to,
-                "title": title[:MAX_TITLE],
+                "title": " ".join(title.split())[:MAX_TITLE],  # one line: a mail subject
                 "body": body[:MAX_BODY],
                 **about,
             }

@@ -13,6 +13,9 @@ import psycopg
 import pytest
 from fastmcp import Client
 
+from servers.runtime.settings import Settings
+from tests.conftest import read_events
+
 Db = psycopg.AsyncConnection[Any]
 # What a write creates, per table (the relay later stamps outbox.sent_at on its own).
 TABLES = {
@@ -417,3 +420,28 @@ async def test_closed_ticket_refuses_every_change(ticketing: Client[Any], db: Db
         text = await refused(ticketing, tool, ticket_id=ticket["id"], **arguments)
         assert text.startswith("conflict: ticket_id: ")
     assert await snapshot(db) == before
+
+
+async def test_a_public_reply_is_sent_to_the_requester_under_a_one_line_subject(
+    ticketing: Client[Any], settings: Settings
+) -> None:
+    made = await call(
+        ticketing,
+        "create_ticket",
+        subject="Broken lamp\nsecond line",
+        description="It arrived broken.",
+        requester_email="mia.garcia@example.com",
+    )
+    await call(ticketing, "add_comment", ticket_id=made["id"], body="Sorry!", public=True)
+    await call(ticketing, "add_comment", ticket_id=made["id"], body="Note", public=False)
+    assert settings.kafka_bootstrap
+    subject = f"ticket/{made['id']}"
+    events = await read_events(
+        settings.kafka_bootstrap,
+        "notifications.outbound",
+        lambda evs: any(e.subject == subject for e in evs),
+    )
+    [reply] = [e for e in events if e.subject == subject]  # the internal note notifies nobody
+    assert reply.data["kind"] == "ticket.reply" and reply.data["body"] == "Sorry!"
+    assert reply.data["to"] == ["mia.garcia@example.com"]  # the address itself, not masked
+    assert reply.data["title"] == f"Re: Broken lamp second line [ticket #{made['id']}]"
