@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from clients.demo_data import DemoSet
 from clients.notifications import notifications_app
 from clients.registry import SERVERS
 from schemas.roles import Role
@@ -31,6 +32,7 @@ from schemas.roles import Role
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from clients.demo_data import DemoData
     from clients.mesh import Mesh
     from servers.runtime.settings import Settings
 
@@ -65,6 +67,24 @@ def _settings(log_level: str | None = None, traced_as: str | None = None) -> "Se
     # Until the event loop runs (starting engines), SIGTERM interrupts like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     return settings
+
+
+DEMO_SET_HELP = (
+    "The demo set: demo (built in: 60 customers, 47 articles, 12 tickets) or tau2 "
+    "(tau2-bench's retail store of 500 customers, our articles beside its 698 banking ones, "
+    "10 tickets; `supportmesh data fetch tau2` first)."
+)
+
+
+def _demo_data(name: DemoSet, settings: "Settings") -> "DemoData":
+    """Demo set ``name``; exit 2 with the instruction when it is not on this machine."""
+    from clients.demo_data import DemoDataMissing, demo_data
+
+    try:
+        return demo_data(name, settings.data_dir)
+    except DemoDataMissing as exc:
+        print(f"supportmesh: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from exc
 
 
 def _running_mesh(settings: "Settings", command: str, otherwise: str) -> "Mesh":
@@ -163,6 +183,7 @@ def up(
             "(default: only when PostgreSQL is embedded)."
         ),
     ] = None,
+    data: Annotated[DemoSet, typer.Option(help=DEMO_SET_HELP)] = DemoSet.DEMO,
 ) -> None:
     """Start the whole mesh: backends (embedded or configured) and every server on HTTP.
 
@@ -178,12 +199,13 @@ def up(
     settings = _settings(traced_as="mesh")
     started = time.monotonic()
     demo = settings.postgres_url is None if demo is None else demo
+    demo_set = _demo_data(data, settings) if demo else None
     offset = None if free_ports else port_offset
     with contextlib.suppress(KeyboardInterrupt), start_backends(settings) as ready:
-        if demo:
-            asyncio.run(load_demo_store(ready))
+        if demo_set:
+            asyncio.run(load_demo_store(ready, demo_set))
         try:
-            _run(run_up(ready, host or ready.host, offset, started, demo))
+            _run(run_up(ready, host or ready.host, offset, started, demo_set))
         except PortInUse as exc:
             print(f"supportmesh up: {exc}", file=sys.stderr)
             raise typer.Exit(3) from exc
@@ -199,6 +221,7 @@ def demo(
             help="Leave the mesh up afterwards (for the Inspector or Claude Desktop) until Ctrl-C.",
         ),
     ] = False,
+    data: Annotated[DemoSet, typer.Option(help=DEMO_SET_HELP)] = DemoSet.DEMO,
 ) -> None:
     """See SupportMesh work: start the whole mesh on a fresh data directory of its own
     (DATA_DIR/demo, embedded engines unless configured), put a morning's tickets through the
@@ -218,6 +241,7 @@ def demo(
 
     settings = _settings("WARNING")
     console = Console()
+    demo_set = _demo_data(data, settings)
     demo_dir = settings.data_dir.resolve() / "demo"
     running = read_mesh(demo_dir)
     if running is not None:
@@ -231,10 +255,12 @@ def demo(
         shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SUPPORTMESH_DATA_DIR": str(demo_dir)}
+    if data is DemoSet.TAU2:  # found here, where DATA_DIR is still the user's
+        env["SUPPORTMESH_SHARED_DATA"] = str(demo_set.store.parent.parent)
     started = time.monotonic()
     with (demo_dir / "up.log").open("wb") as log:
         up_process = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "up", "--free-ports", "--demo"],
+            [sys.executable, "-m", "clients.cli", "up", "--free-ports", "--demo", "--data", data],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -250,7 +276,7 @@ def demo(
                 time.sleep(0.2)
         console.print(f"The mesh is up in {time.monotonic() - started:.1f} s ({demo_dir}).")
         settings = settings.model_copy(update={"data_dir": demo_dir})
-        report = asyncio.run(run_demo(settings, mesh, console))
+        report = asyncio.run(run_demo(settings, mesh, console, demo_set))
         print_report(report, console)
         page = write_report(report, demo_dir)
         console.print(f"Report: {page}  (and report.json beside it)")

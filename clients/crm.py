@@ -5,7 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from clients import demo_data
+from clients.demo_data import DemoData
 from schemas.crm import Store
 from servers.crm import server as crm
 from servers.crm import store
@@ -33,20 +33,19 @@ async def crm_records(settings: Settings) -> AsyncIterator[Crm]:
         await pool.close()
 
 
-async def load_demo_store(settings: Settings) -> None:
-    """Give a fresh mesh something to look at: the demo store, if the CRM has no customers."""
+async def load_demo_store(settings: Settings, data: DemoData) -> None:
+    """Give a fresh mesh something to look at: a demo set's store, if the CRM has no
+    customers."""
     async with crm_records(settings) as records:
         async with records.pool.connection() as conn:
             empty = await (await conn.execute("SELECT 1 FROM customers LIMIT 1")).fetchone()
         if empty is None:
-            await store.load_store(
-                records,
-                read_store(demo_data.STORE / "db.json"),
-                (demo_data.STORE / "policy.md").read_text(),
-            )
+            in_file = read_store(data.store / "db.json")
+            await store.load_store(records, in_file, (data.store / "policy.md").read_text())
             print(
-                f"Loaded the demo store into the empty CRM ({demo_data.STORE}); "
-                "load your own with `supportmesh crm load PATH`.",
+                f"Loaded the {data.name} store into the empty CRM ({data.store}: "
+                f"{len(in_file.customers)} customers); load your own with "
+                "`supportmesh crm load PATH`.",
                 flush=True,
             )
 

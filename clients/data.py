@@ -26,6 +26,20 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 MANIFESTS = Path(__file__).parent / "datasets"
 CHUNK = 1 << 16
+DATA_SET_HELP = (
+    "needs tau2-bench's retail store and banking knowledge base (MIT), which are not part of "
+    "this repository: run `supportmesh data fetch tau2`, or set SUPPORTMESH_SHARED_DATA to "
+    "the folder holding tau2/retail and tau2/banking_knowledge"
+)
+
+
+def find_data_set(name: str, data_dir: Path, *elsewhere: Path) -> Path | None:
+    """The folder holding data set ``name`` (``FOLDER/name/...``), if this machine has it:
+    ``$SUPPORTMESH_SHARED_DATA``, then ``elsewhere``, then the copy ``supportmesh data fetch``
+    put in ``data_dir/datasets``."""
+    candidates = [Path(p) for p in [os.environ.get("SUPPORTMESH_SHARED_DATA", "")] if p]
+    candidates += [*elsewhere, data_dir / "datasets"]
+    return next((c for c in candidates if (c / name).is_dir()), None)
 
 
 class Manifest(BaseModel):

@@ -2,7 +2,8 @@
 
 The demo drives a running mesh (``supportmesh up``) only through what any user has: the
 orchestrator service's API (``clients.orchestrator``) and the MCP servers. It submits the demo
-tickets (``demo_data/tickets.jsonl``), follows each run to its end with a progress bar, approves
+set's tickets (``demo_data/tickets.jsonl``, or ``tau2_tickets.jsonl`` with ``--data tau2``),
+follows each run to its end with a progress bar, approves
 one of those waiting for a human through the approvals server's ``decide_approval`` tool (as a
 support lead, a second user), follows that one to its end, then reads each ticket's SLA state
 from the ticketing server and the analytics dashboard, and reports.
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from clients import demo_data
+from clients.demo_data import DemoData
 from clients.mesh import Mesh
 from clients.orchestrator import OrchestratorClient
 from schemas.analytics import Dashboard
@@ -29,7 +30,6 @@ from schemas.roles import Role
 from servers.runtime.auth import issue_token
 from servers.runtime.settings import Settings
 
-TICKETS = Path(demo_data.__file__).parent / "tickets.jsonl"
 LEAD = "lead@supportmesh.demo"  # the second user, who approves
 FRONT_DESK = "frontdesk@supportmesh.demo"  # who submits the tickets
 
@@ -81,6 +81,7 @@ class Decision(BaseModel):
 
 
 class DemoReport(BaseModel):
+    data_set: str = "demo"
     started_at: datetime
     seconds: float
     tickets: list[TicketLine]
@@ -93,14 +94,14 @@ class DemoReport(BaseModel):
         return sum(t.run == run for t in self.tickets)
 
 
-def demo_tickets(path: Path = TICKETS) -> list[DemoTicket]:
-    return [DemoTicket.model_validate_json(line) for line in path.read_text().splitlines()]
+def demo_tickets(data: DemoData) -> list[DemoTicket]:
+    return [DemoTicket.model_validate_json(line) for line in data.tickets.read_text().splitlines()]
 
 
-async def run_demo(settings: Settings, mesh: Mesh, console: Console) -> DemoReport:
-    """Put the demo tickets through the mesh and gather the report."""
+async def run_demo(settings: Settings, mesh: Mesh, console: Console, data: DemoData) -> DemoReport:
+    """Put the demo set's tickets through the mesh and gather the report."""
     assert mesh.orchestrator, "up runs the orchestrator service"
-    tickets, started, clock = demo_tickets(), datetime.now(UTC), time.monotonic()
+    tickets, started, clock = demo_tickets(data), datetime.now(UTC), time.monotonic()
     agent = issue_token(settings, Role.AGENT, FRONT_DESK, ttl_seconds=3600)
     lead = issue_token(settings, Role.APPROVER, LEAD, ttl_seconds=3600)
     async with OrchestratorClient(mesh.orchestrator, agent, timeout=120) as service:
@@ -164,6 +165,7 @@ async def run_demo(settings: Settings, mesh: Mesh, console: Console) -> DemoRepo
         for t in tickets
     ]
     return DemoReport(
+        data_set=data.name,
         started_at=started,
         seconds=round(time.monotonic() - clock, 1),
         tickets=lines,

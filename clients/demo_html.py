@@ -184,8 +184,8 @@ def render(report: "DemoReport") -> str:
 <body>
 <h1>SupportMesh demo report</h1>
 <p class="muted">{report.started_at:%Y-%m-%d %H:%M} UTC, {report.seconds:.0f} s:
-{len(report.tickets)} tickets through the orchestrator service, every capability reached over
-MCP.</p>
+{len(report.tickets)} tickets of the {escape(report.data_set)} demo set through the orchestrator
+service, every capability reached over MCP.</p>
 {_cards(report)}
 {decision}
 <h2>Charts</h2>

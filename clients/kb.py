@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from clients.demo_data import DemoData
 from schemas.knowledge import NewArticle
 
 BATCH = 100  # articles per ingest_articles call, at most
@@ -174,15 +175,15 @@ def print_hits(console: Console, hits: list[dict[str, Any]]) -> None:
         console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", highlight=False)
 
 
-async def load_demo_articles(client: Client[Any], console: Console) -> None:
-    """The demo knowledge base, if the knowledge server holds no article yet."""
-    from clients import demo_data
-
+async def load_demo_articles(client: Client[Any], console: Console, data: DemoData) -> None:
+    """A demo set's knowledge base, if the knowledge server holds no article yet."""
     page = await client.call_tool("list_articles", {"limit": 1})
     if page.structured_content and page.structured_content["articles"]:
         return
-    totals = await ingest_with_progress(client, read_articles(demo_data.ARTICLES), "demo", console)
+    articles = [article for folder in data.articles for article in read_articles(folder)]
+    totals = await ingest_with_progress(client, articles, data.name, console)
     console.print(
-        f"Loaded the demo knowledge base ({demo_data.ARTICLES}): {totals['indexed']} articles.",
+        f"Loaded the {data.name} knowledge base ({', '.join(map(str, data.articles))}): "
+        f"{totals['indexed']} articles.",
         highlight=False,
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from clients.demo_data import DemoData
 from clients.registry import SERVERS
 from servers.runtime.backends import qdrant_location
 from servers.runtime.serve import http_app, listening_socket, serving_http
@@ -184,11 +185,15 @@ async def serve_orchestrator(
 
 
 async def run_up(
-    settings: Settings, host: str, port_offset: int | None, started: float, demo: bool = False
+    settings: Settings,
+    host: str,
+    port_offset: int | None,
+    started: float,
+    demo: DemoData | None = None,
 ) -> None:
     """Serve every server on HTTP, and the orchestrator service, until cancelled: on its own
     port plus ``port_offset``, or on free ports when ``port_offset`` is None. ``demo``: load
-    the demo knowledge base into an empty knowledge server first."""
+    that demo set's knowledge base into an empty knowledge server first."""
     import orchestrator.tasks  # noqa: F401  (registered before the worker starts)
 
     urls: dict[str, str] = {}
@@ -204,7 +209,7 @@ async def run_up(
             serving = _serving(servers[name], settings, entry.needs, host, sock)
             urls[name] = await stack.enter_async_context(serving)
         if demo:
-            await _load_demo_articles(settings, urls["knowledge"])
+            await _load_demo_articles(settings, urls["knowledge"], demo)
         port = 0 if port_offset is None else ORCHESTRATOR_PORT + port_offset
         sock = _listen("orchestrator", host, port)
         service = await stack.enter_async_context(serving_orchestrator(settings, urls, sock))
@@ -213,7 +218,7 @@ async def run_up(
         await asyncio.Event().wait()
 
 
-async def _load_demo_articles(settings: Settings, url: str) -> None:
+async def _load_demo_articles(settings: Settings, url: str, demo: DemoData) -> None:
     from fastmcp import Client
     from rich.console import Console
 
@@ -223,7 +228,7 @@ async def _load_demo_articles(settings: Settings, url: str) -> None:
 
     bearer = issue_token(settings, Role.ADMIN, "supportmesh-up", ttl_seconds=3600)
     async with Client(url, auth=bearer) as client:
-        await load_demo_articles(client, Console(stderr=True))
+        await load_demo_articles(client, Console(stderr=True), demo)
 
 
 def _print_mesh(settings: Settings, urls: dict[str, str], service: str, seconds: float) -> None:

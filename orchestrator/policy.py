@@ -71,10 +71,11 @@ WEAK_EXCHANGE = re.compile(
     r"|\bchange (?:the \w+ |it |them )?(?:to|for|from)\b|\bi need (?:size|a size)",
     re.I,
 )
-# A cue in a sentence that reports or asks about the past is not a request: "an order was
-# cancelled", "I'd rather not cancel", "what's happening with my exchange?".
+# A cue in a sentence that reports or asks about the past, or supposes, is not a request: "an
+# order was cancelled", "if an order gets cancelled", "I'd rather not cancel", "what's happening
+# with my exchange?".
 NOT_A_REQUEST = re.compile(
-    r"\b(?:was|were|been|got|already)\s+\w*$"
+    r"\b(?:was|were|been|got|gets|getting|is|are|already)\s+\w*$"
     r"|\b(?:not|n't|never|rather not|without)\s+(?:\w+\s+){0,2}$"
 )
 STATUS_QUESTION = re.compile(
@@ -216,8 +217,8 @@ def triage(text: str) -> Triage:
     handover = next((why for why, cue in HANDOVER.items() if cue.search(text)), None)
     if handover is None and angry:
         handover = "angry"
-    if angry and intent == "other":
-        intent = "complaint"
+    if (angry or handover) and intent == "other":
+        intent = "complaint"  # a threat of lawyers or a chargeback asks for nothing else
     priority = (
         "urgent"
         if handover in ("legal", "safety", "fraud")
@@ -333,6 +334,8 @@ def plan(
     if found.handover:
         return Plan(blocked=f"handover:{found.handover}")
     if customer is None:
+        if found.intent == "kb_question" and not found.order_ids:
+            return Plan(blocked="no_action_needed")  # a general question: anyone may ask it
         return Plan(blocked="unidentified")
     own = {o["order_id"]: o for o in orders}
     foreign = [o for o in found.order_ids if o not in own]

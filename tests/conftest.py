@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from clients.data import DATA_SET_HELP, find_data_set
 from clients.mesh import backend_env
 from schemas.events import Event
 from schemas.roles import Role
@@ -56,12 +57,6 @@ from servers.runtime.settings import Settings
 from servers.runtime.tasks import configure_tasks, configured_settings, work_here
 from servers.ticketing.server import build_server as build_ticketing
 
-SHARED_DATA_HELP = (
-    "needs tau2-bench's retail store and banking knowledge base (MIT), which are not part of "
-    "this repository: run `supportmesh data fetch tau2`, or set SUPPORTMESH_SHARED_DATA to "
-    "the folder holding tau2/retail and tau2/banking_knowledge"
-)
-
 
 def shared_data() -> Path | None:
     """The shared data sets, if this machine has them: ``$SUPPORTMESH_SHARED_DATA``,
@@ -69,12 +64,7 @@ def shared_data() -> Path | None:
     the data directory (``$SUPPORTMESH_DATA_DIR``, default ``.supportmesh``)."""
     repository = Path(__file__).parent.parent
     data_dir = Path(os.environ.get("SUPPORTMESH_DATA_DIR") or repository / ".supportmesh")
-    candidates = [
-        os.environ.get("SUPPORTMESH_SHARED_DATA", ""),
-        str(repository.parent / "shared" / "data"),
-        str(data_dir / "datasets"),
-    ]
-    return next((Path(c) for c in candidates if c and (Path(c) / "tau2").is_dir()), None)
+    return find_data_set("tau2", data_dir, repository.parent / "shared" / "data")
 
 
 def require_shared_data() -> Path:
@@ -83,14 +73,14 @@ def require_shared_data() -> Path:
     found = shared_data()
     if found is None:
         if os.environ.get("SUPPORTMESH_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"SUPPORTMESH_REQUIRE_SHARED_DATA is set, but this {SHARED_DATA_HELP}")
-        pytest.skip(f"this test {SHARED_DATA_HELP}", allow_module_level=True)
+            pytest.fail(f"SUPPORTMESH_REQUIRE_SHARED_DATA is set, but this {DATA_SET_HELP}")
+        pytest.skip(f"this test {DATA_SET_HELP}", allow_module_level=True)
     return found
 
 
 def shared_data_or_exit() -> Path:
     """``shared_data()`` for a benchmark, which stops with the instruction when it is absent."""
-    return shared_data() or sys.exit(f"this benchmark {SHARED_DATA_HELP}")
+    return shared_data() or sys.exit(f"this benchmark {DATA_SET_HELP}")
 
 
 def with_database(url: str, name: str) -> str:

@@ -186,3 +186,31 @@ def test_a_reply_that_says_nothing_but_hello_is_refused() -> None:
     }
     planned = {"tool": None, "blocked": "no_action_needed"}
     assert "says nothing but a greeting" in policy.check_reply(empty, None, planned, [], [], [])
+
+
+def test_a_question_that_supposes_a_cancellation_cancels_nothing() -> None:
+    pending = next(o for o in STORE["orders"].values() if o["status"] == "pending")
+    v = verdict(
+        {
+            "customer_id": pending["user_id"],
+            "subject": "Refund timing",
+            "message": "Hi, if an order gets cancelled, how long does the refund take to show up "
+            "on a credit card? Is it faster on PayPal?",
+        }
+    )
+    assert v.found.intent == "kb_question", v.found
+    assert v.planned.tool is None
+
+
+def test_a_general_question_from_someone_unknown_is_answered_without_asking_who_they_are() -> None:
+    v = verdict(
+        {
+            "customer_id": None,
+            "subject": "How long does shipping take?",
+            "message": "Hello, how long does standard shipping usually take, and is there a "
+            "faster option?",
+        }
+    )
+    assert v.planned.blocked == "no_action_needed"
+    reply = policy.compose_reply(None, v.planned.as_state(), None, None, [], [])
+    assert "confirm who you are" not in reply["text"]
