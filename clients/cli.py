@@ -761,16 +761,12 @@ def worker(
     With Qdrant in local mode (SUPPORTMESH_QDRANT_URL unset) the store admits one process, so
     the knowledge server runs its own worker: then name the other servers with --only.
     """
-    settings = _settings(traced_as="worker")
-    import orchestrator.tasks  # noqa: F401
-    import servers.approvals.tasks
-    import servers.knowledge.tasks
-    import servers.memory.tasks
-    import servers.notifications.tasks
-    import servers.ticketing.tasks  # noqa: F401
+    from clients.registry import task_modules
     from servers.runtime.backends import start_backends
     from servers.runtime.tasks import configure_tasks, task_queue
 
+    settings = _settings(traced_as="worker")
+    task_modules()
     if "knowledge" in (only or ["knowledge"]) and not settings.qdrant_url:
         raise typer.BadParameter(
             "Qdrant is in local mode: the knowledge server works its own tasks. "
@@ -789,6 +785,34 @@ def worker(
             )
         queues = [task_queue(ready, name) for name in only or known]
         app.Worker(concurrency=concurrency, loglevel="INFO", queues=queues).start()
+
+
+@app.command()
+def beat() -> None:
+    """Send every server's periodic tasks (SLA scan, approval expiry and reminders, memory
+    consolidation, stale ingests, checkpoint pruning) on their schedules, for a mesh whose
+    servers run with SUPPORTMESH_BEAT_IN_PROCESS=false; the workers run them. One is enough;
+    a second is harmless, since every periodic task is safe to run twice.
+    """
+    from clients.registry import task_modules
+    from servers.runtime.backends import start_backends
+    from servers.runtime.tasks import Schedule, run_beat
+
+    settings = _settings(traced_as="beat")
+    with start_backends(settings) as ready:
+        schedule: Schedule = {}
+        for module in task_modules():
+            if hasattr(module, "schedule"):
+                schedule |= module.schedule(ready)
+        print(
+            "supportmesh beat: sending "
+            + ", ".join(
+                f"{name} every {entry['schedule']:g} s" for name, entry in sorted(schedule.items())
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        run_beat(ready, schedule)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,19 @@ SERVERS: dict[str, ServerEntry] = {
     "memory": ServerEntry("servers.memory.server", 8705, ("postgres", "redis")),
     "approvals": ServerEntry("servers.approvals.server", 8706, ("postgres", "redis")),
 }
+
+# Every module of Celery tasks: what `supportmesh worker` runs and `supportmesh beat` schedules
+# (those with a ``schedule(settings)``: the periodic ones).
+TASK_MODULES = (
+    "orchestrator.tasks",
+    "servers.approvals.tasks",
+    "servers.knowledge.tasks",
+    "servers.memory.tasks",
+    "servers.notifications.tasks",
+    "servers.ticketing.tasks",
+)
+
+
+def task_modules() -> list[ModuleType]:
+    """The modules of ``TASK_MODULES``, imported (which registers their tasks)."""
+    return [importlib.import_module(name) for name in TASK_MODULES]

@@ -46,7 +46,7 @@ from orchestrator.model import chat_model
 from orchestrator.policy import Limits
 from orchestrator.run import SCHEMA, postgres_checkpointer, thread
 from orchestrator.runner import Graph, Runner
-from orchestrator.tasks import PRUNE_TASK
+from orchestrator.tasks import schedule
 from schemas.errors import ErrorCode
 from schemas.orchestrator import (
     Checkpoint,
@@ -147,9 +147,8 @@ async def running_service(settings: Settings, urls: dict[str, str]) -> AsyncIter
         runner = Runner(
             pool, settings.postgres_url, graph, context, settings.orchestrator_concurrency
         )
-        prune = {PRUNE_TASK: {"task": PRUNE_TASK, "schedule": settings.checkpoint_prune_seconds}}
         stack.enter_context(worker_in_thread(settings, NAME))
-        stack.enter_context(beat_in_thread(settings, NAME, prune))
+        stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
         consuming = asyncio.Event()
         workers = [
             asyncio.create_task(runner.run_forever(), name="orchestrator-runner"),

@@ -16,12 +16,20 @@ import logging
 
 import psycopg
 
-from servers.runtime.tasks import task_settings, tasks
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import Schedule, task_settings, tasks
 
 log = logging.getLogger(__name__)
 SCHEMA = "orchestrator"
 PRUNE_TASK = "orchestrator.prune_checkpoints"
 BATCH = 200
+
+
+def schedule(settings: Settings) -> Schedule:
+    """Celery beat's entry: ``orchestrator.prune_checkpoints``, every
+    ``checkpoint_prune_seconds``."""
+    return {PRUNE_TASK: {"task": PRUNE_TASK, "schedule": settings.checkpoint_prune_seconds}}
+
 
 PRUNE = """
 WITH done AS (

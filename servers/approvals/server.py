@@ -31,7 +31,7 @@ from schemas.approvals import (
 )
 from schemas.common import MAX_JSON_BYTES, MAX_JSON_DEPTH, IdempotencyKey, JsonObject
 from servers.approvals import store
-from servers.approvals.tasks import SWEEP_TASK
+from servers.approvals.tasks import schedule
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import Pool, values_starting_with
 from servers.runtime.errors import Conflict
@@ -209,9 +209,8 @@ def build_server(settings: Settings) -> FastMCP[Any]:
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[Approvals]:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
-            sweep = {SWEEP_TASK: {"task": SWEEP_TASK, "schedule": settings.approval_sweep_seconds}}
             stack.enter_context(worker_in_thread(settings, NAME))
-            stack.enter_context(beat_in_thread(settings, NAME, sweep))
+            stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
             yield Approvals(pool=pool, settings=settings)
 
     server = new_server(

@@ -14,12 +14,18 @@ from schemas.roles import ROLE_SCOPES, Role
 from servers.approvals import store
 from servers.runtime.auth import Caller
 from servers.runtime.database import open_pool
-from servers.runtime.tasks import task_settings, tasks
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import Schedule, task_settings, tasks
 
 log = logging.getLogger(__name__)
 SCHEMA = "approvals"
 SWEEP_TASK = "approvals.expire_due"
 EXPIRY = Caller(actor="system:approval-expiry", scopes=frozenset(ROLE_SCOPES[Role.ADMIN]))
+
+
+def schedule(settings: Settings) -> Schedule:
+    """Celery beat's entry: ``approvals.expire_due`` every ``approval_sweep_seconds``."""
+    return {SWEEP_TASK: {"task": SWEEP_TASK, "schedule": settings.approval_sweep_seconds}}
 
 
 async def expire_due() -> int:

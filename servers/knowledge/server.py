@@ -38,7 +38,7 @@ from schemas.knowledge import (
 )
 from servers.knowledge import store
 from servers.knowledge.index import KnowledgeIndex
-from servers.knowledge.tasks import RESEND_TASK, index_article
+from servers.knowledge.tasks import index_article, schedule
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import Pool, values_starting_with
 from servers.runtime.embeddings import embedding_model
@@ -258,10 +258,7 @@ def build_server(settings: Settings) -> FastMCP[Any]:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
             if vectors.local:  # nobody else can write this store: work its tasks here
                 stack.enter_context(worker_in_thread(settings, NAME, required=True))
-            resend = {
-                RESEND_TASK: {"task": RESEND_TASK, "schedule": settings.ingest_stale_seconds / 2}
-            }
-            stack.enter_context(beat_in_thread(settings, NAME, resend))
+            stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
             yield Knowledge(pool=pool, index=index, settings=settings)
 
     server = new_server(

@@ -17,7 +17,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from servers.knowledge.index import KnowledgeIndex, index_key
 from servers.runtime.embeddings import embedding_model
-from servers.runtime.tasks import task_settings, tasks
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import Schedule, task_settings, tasks
 from servers.runtime.vectors import open_vectors
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,11 @@ WHERE (job_id, article_id) IN (
 )
 RETURNING job_id::text, article_id, content_hash
 """
+
+
+def schedule(settings: Settings) -> Schedule:
+    """Celery beat's entry: ``knowledge.resend_stale`` twice every ``ingest_stale_seconds``."""
+    return {RESEND_TASK: {"task": RESEND_TASK, "schedule": settings.ingest_stale_seconds / 2}}
 
 
 def resend_stale_now() -> int:

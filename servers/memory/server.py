@@ -35,7 +35,7 @@ from schemas.memory import (
 )
 from servers.memory import store
 from servers.memory.sessions import Sessions
-from servers.memory.tasks import SWEEP_TASK, sessions_of
+from servers.memory.tasks import schedule, sessions_of
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import values_starting_with
 from servers.runtime.embeddings import embedding_model
@@ -211,9 +211,8 @@ def build_server(settings: Settings) -> FastMCP[Any]:
                 pool, open_vectors(settings), embedding_model(settings.embedding_model)
             )
             long_term.ensure_collection()
-            sweep = {SWEEP_TASK: {"task": SWEEP_TASK, "schedule": settings.memory_sweep_seconds}}
             stack.enter_context(worker_in_thread(settings, NAME))
-            stack.enter_context(beat_in_thread(settings, NAME, sweep))
+            stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
             yield MemoryServer(long_term, sessions_of(settings, redis), settings)
 
     server = new_server(

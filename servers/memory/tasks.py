@@ -26,7 +26,7 @@ from servers.runtime.database import open_pool
 from servers.runtime.embeddings import embedding_model
 from servers.runtime.keys import joined_key
 from servers.runtime.settings import Settings
-from servers.runtime.tasks import task_settings, tasks
+from servers.runtime.tasks import Schedule, task_settings, tasks
 from servers.runtime.vectors import open_vectors
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ STOPWORDS = frozenset(
     i'm if in is it it's me my no not of on or our please so that the their them then there
     they this to was we were what when which will with would yes you your thanks thank""".split()  # noqa: SIM905
 )
+
+
+def schedule(settings: Settings) -> Schedule:
+    """Celery beat's entry: ``memory.consolidate_idle`` every ``memory_sweep_seconds``."""
+    return {SWEEP_TASK: {"task": SWEEP_TASK, "schedule": settings.memory_sweep_seconds}}
 
 
 def summarize(session_id: str, turns: list[Turn], limit: int = 1200) -> str:

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         "`supportmesh worker` runs them elsewhere (the knowledge server with Qdrant in local "
         "mode always runs its own). A process has one worker, for one environment.",
     )
+    beat_in_process: bool = Field(
+        True,
+        description="Servers send their own periodic tasks (Celery beat in their process); "
+        "false: one `supportmesh beat` sends every server's.",
+    )
     task_visibility_timeout_seconds: int = Field(
         60,
         ge=2,

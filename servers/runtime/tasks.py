@@ -7,9 +7,11 @@ worker that was killed outright returns to the queue after ``task_visibility_tim
 A worker runs either as its own process (``supportmesh worker``), or inside a server's process
 (``worker_in_thread``): always for the servers of ``supportmesh up``, and whenever the backend
 a task writes can be opened by one process only (Qdrant in local mode). The servers of one
-process share one worker. Periodic tasks (approval expiry, session consolidation) are sent by
-Celery beat, run the same way (``beat_in_thread``); a task sent twice by two beats is harmless,
-since every task is safe to run twice.
+process share one worker. Periodic tasks (approval expiry, session consolidation, ...) are
+sent by Celery beat, inside each server's process (``beat_in_thread``) or, with
+``beat_in_process`` off, by one ``supportmesh beat`` for the whole mesh (``run_beat``); each
+tasks module says its entries (``schedule(settings)``). A task sent twice by two beats is
+harmless, since every task is safe to run twice.
 
 Each environment has its own queues (``task_queue``), so one Redis can carry the tasks of several
 environments — tests beside development, or servers each with a Qdrant local store of their own —
@@ -185,22 +187,40 @@ def worker_in_thread(
         yield
 
 
-@contextlib.contextmanager
-def beat_in_thread(settings: Settings, server: str, schedule: dict[str, Any]) -> Iterator[None]:
-    """Celery beat sending ``server``'s periodic ``schedule`` from inside this process until the
-    block exits (one per server and process)."""
-    configure_tasks(settings)
+Schedule = dict[str, dict[str, Any]]  # Celery beat entries: name -> {task, schedule}
 
-    class ServerSchedule(Scheduler):  # type: ignore[misc]
-        """Only this server's entries, kept in memory: after a restart the sweeps start over,
-        which suits tasks that look at the database each time."""
+
+def _in_memory(schedule: Schedule) -> type[Scheduler]:
+    class InMemorySchedule(Scheduler):  # type: ignore[misc]
+        """Only these entries, kept in memory: after a restart the sweeps start over, which
+        suits tasks that look at the database each time."""
 
         def setup_schedule(self) -> None:
             self.merge_inplace(schedule)
 
+    return InMemorySchedule
+
+
+@contextlib.contextmanager
+def beat_in_thread(settings: Settings, server: str, schedule: Schedule) -> Iterator[None]:
+    """Celery beat sending ``server``'s periodic ``schedule`` from inside this process until the
+    block exits (one per server and process). Nothing when ``beat_in_process`` is off
+    (``supportmesh beat`` sends them)."""
+    configure_tasks(settings)
+    if not settings.beat_in_process:
+        yield
+        return
+
     def start() -> tuple[threading.Thread, Callable[[], None]]:
-        beat = EmbeddedService(tasks, thread=True, scheduler_cls=ServerSchedule)
+        beat = EmbeddedService(tasks, thread=True, scheduler_cls=_in_memory(schedule))
         return beat, beat.stop
 
     with _shared(f"beat {task_queue(settings, server)}", start):
         yield
+
+
+def run_beat(settings: Settings, schedule: Schedule) -> None:
+    """Celery beat in the foreground, sending every entry of ``schedule`` until SIGINT or
+    SIGTERM (``supportmesh beat``: one for the whole mesh, the servers' own beats off)."""
+    app = configure_tasks(settings)
+    app.Beat(scheduler=_in_memory(schedule), loglevel="INFO", quiet=True).run()

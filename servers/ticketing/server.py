@@ -45,7 +45,7 @@ from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import beat_in_thread, worker_in_thread
 from servers.ticketing import store
-from servers.ticketing.tasks import SCAN_TASK
+from servers.ticketing.tasks import schedule
 
 NAME = "ticketing"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -310,9 +310,8 @@ def build_server(settings: Settings) -> FastMCP[Any]:
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[Ticketing]:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(schema_with_outbox(settings, NAME, MIGRATIONS))
-            scan = {SCAN_TASK: {"task": SCAN_TASK, "schedule": settings.sla_scan_seconds}}
             stack.enter_context(worker_in_thread(settings, NAME))
-            stack.enter_context(beat_in_thread(settings, NAME, scan))
+            stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
             yield Ticketing(pool=pool, settings=settings)
 
     server = new_server(NAME, INSTRUCTIONS, lifespan, settings, complete_ticket_id)

@@ -12,13 +12,19 @@ import logging
 from schemas.roles import ROLE_SCOPES, Role
 from servers.runtime.auth import Caller
 from servers.runtime.database import open_pool
-from servers.runtime.tasks import task_settings, tasks
+from servers.runtime.settings import Settings
+from servers.runtime.tasks import Schedule, task_settings, tasks
 from servers.ticketing import store
 
 log = logging.getLogger(__name__)
 SCHEMA = "ticketing"
 SCAN_TASK = "ticketing.scan_sla"
 SCANNER = Caller(actor="system:sla-scan", scopes=frozenset(ROLE_SCOPES[Role.ADMIN]))
+
+
+def schedule(settings: Settings) -> Schedule:
+    """Celery beat's entry: ``ticketing.scan_sla`` every ``sla_scan_seconds``."""
+    return {SCAN_TASK: {"task": SCAN_TASK, "schedule": settings.sla_scan_seconds}}
 
 
 async def scan_sla() -> int:

@@ -1,6 +1,7 @@
 """``supportmesh up`` on a fresh data directory with no configuration at all."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,10 +32,18 @@ class RunningUp:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[RunningUp]:
     """`supportmesh up --free-ports` in a subprocess, once it is up."""
+    with running_up(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_up(tmp_path: Path, **settings: str) -> Iterator[RunningUp]:
+    """`supportmesh up --free-ports` with these SUPPORTMESH_* ``settings``, once it is up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
     data_dir = tmp_path / "data"
     env["SUPPORTMESH_DATA_DIR"] = str(data_dir)
     env["SUPPORTMESH_APPROVAL_SWEEP_SECONDS"] = "0.5"
+    env |= {f"SUPPORTMESH_{name.upper()}": value for name, value in settings.items()}
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -58,6 +67,35 @@ def issue(env: dict[str, str], role: str) -> str:
     return subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
+async def short_approval(url: str, bearer: str) -> str:
+    """An approval that expires in a second; its id."""
+    async with Client(url, auth=bearer) as client:
+        asked = await client.call_tool(
+            "request_approval",
+            {
+                "subject": "order/#W9000001",
+                "action_tool": "x",
+                "reason": "r",
+                "expires_in_seconds": 1,
+            },
+        )
+    assert asked.structured_content
+    return str(asked.structured_content["id"])
+
+
+async def until_expired(url: str, bearer: str, approval_id: str, log: Path) -> None:
+    """Wait (at most a minute) for the approvals sweep to record the approval as expired."""
+    deadline = time.monotonic() + 60
+    async with Client(url, auth=bearer) as client:
+        while True:
+            read = await client.call_tool("get_approval", {"approval_id": approval_id})
+            assert read.structured_content
+            if read.structured_content["decided_at"] is not None:  # set by the sweep
+                return
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.5)
+
+
 async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> None:
     servers = up.mesh.servers
     assert set(servers) == {"ticketing", "crm", "knowledge", "analytics", "memory", "approvals"}
@@ -76,27 +114,8 @@ async def test_up_serves_every_server_on_embedded_backends(up: RunningUp) -> Non
         assert found.structured_content == {"customer_id": "camila_souza_1459"}
     # Background work runs in up's one worker for every server, not only the first to start:
     # an approval past its expiry is recorded as expired by the approvals sweep.
-    async with Client(servers["approvals"], auth=bearer) as client:
-        asked = await client.call_tool(
-            "request_approval",
-            {
-                "subject": "order/#W9000001",
-                "action_tool": "x",
-                "reason": "r",
-                "expires_in_seconds": 1,
-            },
-        )
-        assert asked.structured_content
-        deadline = time.monotonic() + 60
-        while True:
-            read = await client.call_tool(
-                "get_approval", {"approval_id": asked.structured_content["id"]}
-            )
-            assert read.structured_content
-            if read.structured_content["decided_at"] is not None:  # set by the sweep
-                break
-            assert time.monotonic() < deadline, up.log.read_text()[-3000:]
-            await asyncio.sleep(0.5)
+    approval_id = await short_approval(servers["approvals"], bearer)
+    await until_expired(servers["approvals"], bearer, approval_id, up.log)
     assert "unregistered task" not in up.log.read_text()
     # `supportmesh config ... --transport http`: every server reached as the file says
     done = subprocess.run(
@@ -176,6 +195,38 @@ async def test_up_handles_a_ticket_created_on_the_ticketing_server_with_no_one_c
             await asyncio.sleep(0.5)
     up.proc.send_signal(signal.SIGINT)
     up.proc.wait(timeout=30)
+
+
+async def test_with_the_servers_beats_off_one_supportmesh_beat_sends_the_periodic_tasks(
+    tmp_path: Path,
+) -> None:
+    with running_up(tmp_path, beat_in_process="false") as up:
+        url, bearer = up.mesh.servers["approvals"], issue(up.env, "agent")
+        approval_id = await short_approval(url, bearer)
+        await asyncio.sleep(3)  # six sweeps' time: nobody sweeps
+        async with Client(url, auth=bearer) as client:
+            read = await client.call_tool("get_approval", {"approval_id": approval_id})
+        assert read.structured_content and read.structured_content["decided_at"] is None
+        log = tmp_path / "beat.log"
+        with log.open("wb") as out:  # on up's backends (its data directory), as a worker is
+            beat = subprocess.Popen(
+                [SUPPORTMESH, "beat"], env=up.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        with stopped(beat):
+            await until_expired(url, bearer, approval_id, log)
+            beat.send_signal(signal.SIGTERM)
+            assert beat.wait(timeout=30) == 0, log.read_text()[-3000:]
+        printed = log.read_text()
+        for task in (
+            "approvals.expire_due every 0.5 s",
+            "ticketing.scan_sla",
+            "memory.consolidate_idle",
+            "knowledge.resend_stale",
+            "orchestrator.prune_checkpoints",
+        ):
+            assert task in printed, printed[-3000:]
+        up.proc.send_signal(signal.SIGINT)
+        up.proc.wait(timeout=30)
 
 
 def test_up_names_a_port_in_use_and_exits(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_the_specification_check_refuses_a_broken_copy(broken: str, by: str) -> 
 
 def test_every_server_the_orchestrator_and_the_backends_run_behind_healthchecks() -> None:
     services = validated(COMPOSE)["services"]
-    wanted = {*SERVERS, "orchestrator", "worker", "postgres", "redis", "qdrant", "kafka",
+    wanted = {*SERVERS, "orchestrator", "worker", "beat", "postgres", "redis", "qdrant", "kafka",
               "prometheus", "grafana"}  # fmt: skip
     assert wanted <= set(services)
     for name, entry in SERVERS.items():
@@ -91,3 +91,20 @@ def test_every_server_and_setting_the_readmes_production_section_names_is_in_com
         assert setting in COMPOSE, f"the README names {setting}; compose.yaml does not set it"
     for name in SERVERS:
         assert f"`{name}`" in section and name in validated(COMPOSE)["services"]
+
+
+def test_every_supportmesh_container_runs_a_command_the_cli_has() -> None:
+    from typer.testing import CliRunner
+
+    from clients.cli import app
+
+    services = validated(COMPOSE)["services"]
+    ours = {n: s for n, s in services.items() if s.get("image") == "supportmesh:latest"}
+    assert {"worker", "beat", "orchestrator", *SERVERS} <= set(ours)
+    for name, service in ours.items():
+        command = service["command"][: 2 if service["command"][0] == "serve" else 1]
+        got = CliRunner().invoke(app, [*command, "--help"])
+        assert got.exit_code == 0, (name, command, got.output)
+    # The servers leave background work to the worker and periodic tasks to the beat.
+    env = services["worker"]["environment"]
+    assert env["SUPPORTMESH_WORKER_IN_PROCESS"] == env["SUPPORTMESH_BEAT_IN_PROCESS"] == "false"
