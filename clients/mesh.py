@@ -213,9 +213,25 @@ async def run_up(
         port = 0 if port_offset is None else ORCHESTRATOR_PORT + port_offset
         sock = _listen("orchestrator", host, port)
         service = await stack.enter_async_context(serving_orchestrator(settings, urls, sock))
+        await _until_ready(service)  # the servers are; "up" means every /readyz is green
         stack.enter_context(_mesh_file(settings, urls, service))
         _print_mesh(settings, urls, service, time.monotonic() - started)
         await asyncio.Event().wait()
+
+
+async def _until_ready(url: str, seconds: float = 60) -> None:
+    """Wait until ``url``'s /readyz answers 200 (its consumer holds its partitions), for at
+    most ``seconds``; after that it is reported as it is, not waited for."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    print(f"supportmesh up: {url}/readyz is not green yet; see it for why", file=sys.stderr)
 
 
 async def _load_demo_articles(settings: Settings, url: str, demo: DemoData) -> None:

@@ -138,6 +138,13 @@ async def running_service(settings: Settings, urls: dict[str, str]) -> AsyncIter
     )
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(schema_with_outbox(settings, SCHEMA, MIGRATIONS))
+        # The consumer first: joining its group takes seconds, which the rest overlaps. What it
+        # reads waits in the runs table for the runners.
+        consuming = asyncio.Event()
+        consumer = asyncio.create_task(
+            consume(settings, pool, consuming), name="orchestrator-consumer"
+        )
+        stack.push_async_callback(_stopped, consumer)
         saver = await stack.enter_async_context(
             postgres_checkpointer(settings.postgres_url, settings.orchestrator_concurrency + 2)
         )
@@ -149,18 +156,15 @@ async def running_service(settings: Settings, urls: dict[str, str]) -> AsyncIter
         )
         stack.enter_context(worker_in_thread(settings, NAME))
         stack.enter_context(beat_in_thread(settings, NAME, schedule(settings)))
-        consuming = asyncio.Event()
-        workers = [
-            asyncio.create_task(runner.run_forever(), name="orchestrator-runner"),
-            asyncio.create_task(consume(settings, pool, consuming), name="orchestrator-consumer"),
-        ]
-        try:
-            verifier = token_verifier(settings) if settings.http_auth else None
-            yield Service(settings, pool, graph, mesh, verifier, consuming)
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        runners = asyncio.create_task(runner.run_forever(), name="orchestrator-runner")
+        stack.push_async_callback(_stopped, runners)
+        verifier = token_verifier(settings) if settings.http_auth else None
+        yield Service(settings, pool, graph, mesh, verifier, consuming)
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 # --- requests ---------------------------------------------------------------------------------

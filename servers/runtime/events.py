@@ -339,6 +339,9 @@ async def _consume(
 ) -> None:
     assert settings.kafka_bootstrap, "start_backends() fills it"
     await ensure_topics(settings.kafka_bootstrap)
+    session_timeout = settings.kafka_session_timeout_ms or (
+        6000 if settings.kafka_record_per_batch else 10_000  # the embedded broker: see settings
+    )
     consumer = AIOKafkaConsumer(
         *[topic.value for topic in topics],
         bootstrap_servers=settings.kafka_bootstrap,
@@ -347,9 +350,19 @@ async def _consume(
         auto_offset_reset=offset_reset,
         # An event waits for this at most when the partitions are idle (default 500 ms).
         fetch_max_wait_ms=50,
+        session_timeout_ms=session_timeout,
+        heartbeat_interval_ms=session_timeout // 3,
     )
-    await consumer.start()
+    await consumer.start()  # returns once the group is joined and partitions assigned
     try:
+        if assigned := consumer.assignment():
+            # Ready at once: each partition's position (committed, or found by offset reset)
+            # is committed, so what is published while this consumer is down is read when it
+            # is back.
+            for partition in assigned:
+                await consumer.position(partition)
+            await consumer.commit()
+            ready.set()
         while True:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=500)
             batch: EventBatch = []
@@ -368,8 +381,6 @@ async def _consume(
                 await apply(batch)
             await _record_lag(consumer, group)
             if fetched or not ready.is_set():
-                # The first time, too: a position found by offset reset is committed, so that
-                # what is published while this consumer is down is read when it is back.
                 await consumer.commit()
                 ready.set()
     finally:

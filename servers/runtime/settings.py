@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         "multi-record batch one offset instead of one per record, which makes consumers skip "
         "records; set automatically when Kafka is embedded.",
     )
+    kafka_session_timeout_ms: int | None = Field(
+        None,
+        ge=1000,
+        description="How long a consumer group waits for a silent member before giving its "
+        "partitions to the others. Default: 6000 on the embedded broker (Tansu holds every "
+        "join for half of it, so start-up waits that long), else aiokafka's 10000.",
+    )
 
     host: str = Field("127.0.0.1", description="Interface the HTTP transport binds.")
     allowed_hosts: list[str] = Field(

@@ -103,6 +103,7 @@ def task_settings() -> Settings:
 class _Running:
     thread: threading.Thread
     stop: Callable[[], None]
+    join: bool
     users: int = 1
 
 
@@ -112,17 +113,19 @@ _starting = threading.Lock()
 
 @contextlib.contextmanager
 def _shared(
-    name: str, start: Callable[[], tuple[threading.Thread, Callable[[], None]]]
+    name: str,
+    start: Callable[[], tuple[threading.Thread, Callable[[], None]]],
+    join: bool = True,
 ) -> Iterator[None]:
     """One thread per ``name`` in this process, started by the first block that asks for it
-    and stopped when the last one exits."""
+    and stopped when the last one exits (and waited for, if ``join``)."""
     with _starting:
         if name in _running:
             _running[name].users += 1
         else:
             thread, stop = start()
             thread.start()
-            _running[name] = _Running(thread, stop)
+            _running[name] = _Running(thread, stop, join)
     try:
         yield
     finally:
@@ -132,7 +135,8 @@ def _shared(
             if running.users == 0:
                 del _running[name]
                 running.stop()
-                running.thread.join(timeout=30)
+                if running.join:
+                    running.thread.join(timeout=30)
 
 
 _local_servers: set[str] = set()
@@ -213,9 +217,11 @@ def beat_in_thread(settings: Settings, server: str, schedule: Schedule) -> Itera
 
     def start() -> tuple[threading.Thread, Callable[[], None]]:
         beat = EmbeddedService(tasks, thread=True, scheduler_cls=_in_memory(schedule))
-        return beat, beat.stop
+        return beat, lambda: beat.service.stop(wait=False)
 
-    with _shared(f"beat {task_queue(settings, server)}", start):
+    # Not waited for: told to stop, the thread ends after its current sleep (up to a second;
+    # with a server per beat, stopping `up` waited five of them), sending nothing more.
+    with _shared(f"beat {task_queue(settings, server)}", start, join=False):
         yield
 
 
