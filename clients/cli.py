@@ -681,9 +681,9 @@ def data_fetch(
     """Download a data set from its repository at a pinned commit, checking every file's
     sha256. Files already in place with the right hash are kept; running it twice is cheap.
 
-    tau2: tau2-bench's retail store and banking knowledge base (MIT); then
-    `supportmesh crm load DEST/tau2/retail` and `supportmesh kb ingest
-    DEST/tau2/banking_knowledge/documents` load them, and the tests that need them run.
+    tau2: tau2-bench's retail store and banking knowledge base (MIT); then `supportmesh demo
+    --data tau2` runs on them, `supportmesh crm load DEST/tau2/retail` and `supportmesh kb
+    ingest DEST/tau2/banking_knowledge/documents` load them, and the tests that need them run.
     """
     import asyncio
 

@@ -220,15 +220,17 @@ async def run_up(
 
 
 async def _until_ready(url: str, seconds: float = 60) -> None:
-    """Wait until ``url``'s /readyz answers 200 (its consumer holds its partitions), for at
-    most ``seconds``; after that it is reported as it is, not waited for."""
+    """Wait until the orchestrator service at ``url`` is ready (its consumer holds its
+    partitions), for at most ``seconds``; after that it is reported as it is, not waited for."""
     import httpx
 
+    from clients.orchestrator import OrchestratorClient
+
     deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with OrchestratorClient(url, timeout=5) as service:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/readyz")).status_code == 200:
+                if await service.ready():
                     return
             await asyncio.sleep(0.1)
     print(f"supportmesh up: {url}/readyz is not green yet; see it for why", file=sys.stderr)
