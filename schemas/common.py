@@ -7,7 +7,7 @@ number), and money a number or a decimal string.
 """
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
@@ -35,8 +35,29 @@ def _iso_text(value: object) -> object:
     raise PydanticCustomError("datetime_type", "must be an ISO 8601 date-time string")
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_iso_text)]
-"""A date-time in a tool's input: an ISO 8601 string such as '2026-11-30T09:00:00Z'."""
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC (no timezone means UTC), from ``EARLIEST`` to ``LATEST``: a bound near the
+    calendar's ends, or moved past them by its offset, breaks a window's arithmetic (the day
+    before, the week it starts in), so it is refused where it is parsed."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # the offset moved it past year 1 or 9999
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise PydanticCustomError(
+            "datetime_range",
+            f"must be from {EARLIEST:%Y-%m-%dT%H:%M:%SZ} to {LATEST:%Y-%m-%dT%H:%M:%SZ} in UTC",
+        )
+    return utc
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_in_utc)]
+"""A date-time in a tool's input: an ISO 8601 string such as '2026-11-30T09:00:00Z', read as
+UTC when it names no timezone, from 1970 to 9999."""
 
 MAX_JSON_DEPTH = 8
 MAX_JSON_BYTES = 16 * 1024

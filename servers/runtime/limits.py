@@ -10,10 +10,15 @@ A JSON-RPC message (an HTTP body, a stdio line) is refused at once when it is
   ``tools/call``'s arguments, a tool error ``invalid_argument: <field>: <reason>``, as if the
   tool had refused it; anywhere else, a JSON-RPC error naming the member.
 
+A ``prompts/get`` is treated as a ``tools/call`` is: a problem in its arguments is a JSON-RPC
+error ``-32602`` naming the argument, as if the prompt had refused it.
+
 The MCP SDK would otherwise answer such messages with HTTP 500 or an error naming no field, or
 quietly turn a non-finite number into ``null`` before the tool's own validation runs.
 ``argument_problem`` is the same check on arguments that arrive already parsed (in-process
-calls), run by every server's tool middleware.
+calls), run by every server's middleware; resource template parameters, prompt arguments and
+completion values, which are strings, pass ``text_problem`` there too, and ids in them that are
+numbers pass ``id_number``.
 """
 
 import json
@@ -28,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers.runtime import telemetry
+from servers.runtime.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ MAX_MESSAGE_DEPTH = 64  # a tool's arguments sit 3 levels down: {params: {argume
 MAX_ARGUMENT_DEPTH = 32
 MAX_INT = 2**63 - 1  # what PostgreSQL's bigint holds
 MIN_INT = -(2**63)
+MAX_ID_CHARS = 200  # a resource template's parameter, a completion's typed value
+MAX_PROMPT_ARGUMENT_CHARS = 20_000  # a customer's whole message, with room to spare
 
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
@@ -81,6 +89,25 @@ def _text_problem(text: str) -> str | None:
         except UnicodeEncodeError:
             return "text must be valid Unicode (a lone surrogate is not)"
     return None
+
+
+def text_problem(text: str, max_chars: int) -> str | None:
+    """What no server may take in a string argument (NUL, a lone surrogate, more than
+    ``max_chars`` characters), or None."""
+    if len(text) > max_chars:
+        return f"at most {max_chars} characters"
+    return _text_problem(text)
+
+
+def id_number(text: str, field: str, what: str = "a number") -> int:
+    """A record's number written in an id that is text (``tickets://42``): ASCII digits only
+    (``str.isdigit`` takes '²', which ``int`` refuses), from 1 to 64 bits; else
+    ``invalid_argument`` naming ``field``. The length is checked before ``int()`` runs: past
+    4,300 digits it raises, and it is quadratic before that."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= MAX_INT):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidArgument(field, f"{what} from 1 to {MAX_INT}, not {shown!a}")
+    return int(text)
 
 
 def json_problem(
@@ -172,6 +199,11 @@ def check_message(body: bytes) -> Refusal | None:
             result = {"content": [{"type": "text", "text": text}], "isError": True}
             return Refusal(200, {"jsonrpc": "2.0", "id": _safe_id(message), "result": result})
         return None
+    if message.get("method") == "prompts/get" and isinstance(params, dict):
+        arguments = params.get("arguments") or {}
+        if isinstance(arguments, dict) and (found := argument_problem(arguments)):
+            # As the prompt itself refuses a bad argument: a JSON-RPC error, not an HTTP one.
+            return _error(200, INVALID_PARAMS, found[0], found[1], _safe_id(message))
     if found := json_problem(message, MAX_MESSAGE_DEPTH):
         return _error(400, INVALID_REQUEST, found[0], found[1], _safe_id(message))
     return None

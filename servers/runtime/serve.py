@@ -5,6 +5,10 @@ Every server is made by ``new_server`` so that all of them behave alike:
 - bad arguments reach the client as ``invalid_argument: <field>: <reason>``;
 - our own errors (``servers.runtime.errors``) pass through as written; anything else is masked
   to a generic error and logged with its traceback;
+- resources, prompts and completions take the same checks as tools' arguments and answer with
+  MCP's JSON-RPC codes: ``-32602`` (invalid params: a bad argument or id, an unknown prompt),
+  ``-32002`` (resource not found), ``-32603`` (internal, or a backend unavailable), the message
+  ``code: field: reason`` and ``data`` ``{"code", "field"}``;
 - every tool call is counted and timed on ``/metrics``;
 - every tool call checks the caller's scope (``servers.runtime.auth``).
 
@@ -30,14 +34,17 @@ import uvicorn
 from anyio.streams.memory import MemoryObjectSendStream
 from fastmcp import FastMCP
 from fastmcp.exceptions import NotFoundError as FastMCPNotFoundError
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import PromptError, ResourceError, ToolError
 from fastmcp.exceptions import ValidationError as FastMCPValidationError
+from fastmcp.prompts.base import PromptResult
+from fastmcp.resources.base import ResourceResult
 from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.lowlevel import NotificationOptions
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import McpError
 from mcp.shared.message import SessionMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -47,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from schemas.errors import ErrorCode
 from servers.runtime import telemetry
 from servers.runtime.auth import DEFAULT_SCOPE, http_auth, local_caller, token_caller
 from servers.runtime.errors import (
@@ -56,7 +64,14 @@ from servers.runtime.errors import (
     SupportMeshError,
     Unavailable,
 )
-from servers.runtime.limits import MessageLimits, argument_problem, check_message
+from servers.runtime.limits import (
+    MAX_ID_CHARS,
+    MAX_PROMPT_ARGUMENT_CHARS,
+    MessageLimits,
+    argument_problem,
+    check_message,
+    text_problem,
+)
 from servers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,9 +94,42 @@ def invalid_argument(exc: ValidationError) -> InvalidArgument:
     return InvalidArgument(field, reason)
 
 
+RESOURCE_NOT_FOUND = -32002  # MCP's code for resources/read of a URI that names nothing
+
+
+def rpc_error(exc: SupportMeshError, not_found: int = mt.INVALID_PARAMS) -> McpError:
+    """Our typed error as the JSON-RPC error of a request that is not a tool call."""
+    codes = {ErrorCode.INVALID_ARGUMENT: mt.INVALID_PARAMS, ErrorCode.NOT_FOUND: not_found}
+    data = {"code": exc.code.value, "field": exc.field}
+    return McpError(
+        mt.ErrorData(code=codes.get(exc.code, mt.INTERNAL_ERROR), message=str(exc), data=data)
+    )
+
+
+def _internal(what: str, exc: Exception) -> McpError:
+    """A failure that is not the caller's: a backend down (retryable), or a bug, logged."""
+    if isinstance(exc.__cause__, psycopg.OperationalError):
+        return rpc_error(Unavailable(None, "the database is unavailable; retry later"))
+    if exc.__cause__ is not None:
+        log.error("%s failed", what, exc_info=exc.__cause__)
+    error = mt.ErrorData(code=mt.INTERNAL_ERROR, message=f"internal error {what}")
+    return McpError(error)
+
+
+def _string_problem(arguments: dict[str, Any], max_chars: int) -> tuple[str, str] | None:
+    for name, value in arguments.items():
+        if reason := text_problem(name, 100):
+            return ascii(name)[1:-1][:40], f"name: {reason}"
+        if not isinstance(value, str):
+            return name, "must be a string"
+        if reason := text_problem(value, max_chars):
+            return name, reason
+    return None
+
+
 class ToolCallMiddleware(Middleware):
     """Checks the caller's scope, turns errors into typed tool errors and records each call's
-    outcome and latency."""
+    outcome and latency; checks resource reads and prompts as it checks tool arguments."""
 
     def __init__(self, server: str, settings: Settings, scopes: dict[str, str]) -> None:
         self.server, self.settings, self.scopes = server, settings, scopes
@@ -134,6 +182,60 @@ class ToolCallMiddleware(Middleware):
             telemetry.TOOL_CALLS.labels(self.server, tool, outcome).inc()
             telemetry.TOOL_SECONDS.labels(self.server, tool).observe(time.perf_counter() - started)
 
+    async def on_read_resource(
+        self,
+        context: MiddlewareContext[mt.ReadResourceRequestParams],
+        call_next: CallNext[mt.ReadResourceRequestParams, ResourceResult],
+    ) -> ResourceResult:
+        """A template's parameters are checked as tool arguments are (NUL, lone surrogates,
+        length); the handler checks what they must be (a ticket number, say)."""
+        uri = str(context.message.uri)
+        try:
+            server = context.fastmcp_context.fastmcp if context.fastmcp_context else None
+            template = await server.get_resource_template(uri) if server is not None else None
+            parameters = (template.matches(uri) if template is not None else None) or {}
+            if found := _string_problem(parameters, MAX_ID_CHARS):
+                raise InvalidArgument(*found)
+            if len(uri) > MAX_ID_CHARS * 4:
+                raise InvalidArgument("uri", f"at most {MAX_ID_CHARS * 4} characters")
+            return await call_next(context)
+        except SupportMeshError as exc:
+            raise rpc_error(exc, not_found=RESOURCE_NOT_FOUND) from exc
+        except FastMCPNotFoundError as exc:
+            shown = uri if len(uri) <= 100 else uri[:100] + "..."
+            missing = NotFound("uri", f"no resource {shown} here; see resources/list and templates")
+            raise rpc_error(missing, not_found=RESOURCE_NOT_FOUND) from exc
+        except ResourceError as exc:  # FastMCP masked what the handler raised
+            raise _internal("reading the resource", exc) from exc
+
+    async def on_get_prompt(
+        self,
+        context: MiddlewareContext[mt.GetPromptRequestParams],
+        call_next: CallNext[mt.GetPromptRequestParams, PromptResult],
+    ) -> PromptResult:
+        """Arguments are checked as a tool's are: each one the prompt declares (required ones
+        present), each a string without NUL or a lone surrogate, of bounded length."""
+        name, arguments = context.message.name, context.message.arguments or {}
+        try:
+            server = context.fastmcp_context.fastmcp if context.fastmcp_context else None
+            prompt = await server.get_prompt(name) if server is not None else None
+            if prompt is None:
+                shown = ascii(name[:100])
+                raise NotFound("name", f"no prompt {shown} on this server; see prompts/list")
+            declared = {argument.name: argument for argument in prompt.arguments or []}
+            if found := _string_problem(arguments, MAX_PROMPT_ARGUMENT_CHARS):
+                raise InvalidArgument(*found)
+            if unknown := sorted(set(arguments) - set(declared)):
+                raise InvalidArgument(unknown[0], "not an argument of this prompt")
+            for argument in declared.values():
+                if argument.required and argument.name not in arguments:
+                    raise InvalidArgument(argument.name, "required")
+            return await call_next(context)
+        except SupportMeshError as exc:
+            raise rpc_error(exc) from exc
+        except PromptError as exc:
+            raise _internal("rendering the prompt", exc) from exc
+
 
 def new_server(
     name: str,
@@ -174,6 +276,9 @@ def register_completions(server: FastMCP[Any], completer: Completer) -> None:
     ) -> mt.Completion:
         name = ref.name if isinstance(ref, mt.PromptReference) else ref.uri
         others = dict(context.arguments or {}) if context else {}
+        typed = {argument.name: argument.value}
+        if found := _string_problem(typed, MAX_ID_CHARS) or _string_problem(others, MAX_ID_CHARS):
+            raise rpc_error(InvalidArgument(*found))
         state = server._mcp_server.request_context.lifespan_context
         values = await completer(state, name, argument.name, argument.value, others)
         return mt.Completion(values=values[:100], total=len(values), hasMore=len(values) > 100)

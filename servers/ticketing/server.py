@@ -39,8 +39,8 @@ from schemas.ticketing import (
 )
 from servers.runtime.auth import Caller, current_caller
 from servers.runtime.database import Pool
-from servers.runtime.errors import InvalidArgument
 from servers.runtime.events import schema_with_outbox
+from servers.runtime.limits import id_number
 from servers.runtime.serve import new_server
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import beat_in_thread, worker_in_thread
@@ -261,10 +261,9 @@ async def close_ticket(
 
 async def ticket_resource(ticket_id: str, ctx: Context) -> dict[str, Any]:
     """A ticket with its comments, history and SLA, as JSON."""
-    if not ticket_id.isdigit():
-        raise InvalidArgument("ticket_id", "a ticket number such as 42")
+    number = id_number(ticket_id, "ticket_id", "a ticket number")
     desk = _desk(ctx)
-    detail = await store.get_ticket(desk.pool, desk.settings.sla_policy, int(ticket_id))
+    detail = await store.get_ticket(desk.pool, desk.settings.sla_policy, number)
     return detail.model_dump(mode="json")
 
 
