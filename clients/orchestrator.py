@@ -99,6 +99,8 @@ class OrchestratorClient:
         async with aconnect_sse(
             self.http, "GET", path, headers=headers, timeout=httpx.Timeout(None, connect=10)
         ) as source:
+            if source.response.status_code == 204:  # the run has ended: nothing after `after`
+                return
             if source.response.status_code != 200:
                 await source.response.aread()
                 raise _refused(source.response)

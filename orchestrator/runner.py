@@ -114,6 +114,13 @@ GET_RUN = """
 EVENTS_AFTER = """
     SELECT seq, event FROM outbox WHERE key = %s AND seq > %s ORDER BY seq LIMIT 500
 """
+HAS_EVENT = "SELECT 1 FROM outbox WHERE key = %s AND seq = %s"
+# The run has ended (resolved or failed, and nothing woke it since) with no event after ``seq``.
+ENDED_AFTER = """
+    SELECT 1 FROM runs
+    WHERE ticket_id = %s AND status IN ('resolved', 'failed') AND NOT wake
+      AND NOT EXISTS (SELECT 1 FROM outbox WHERE key = %s AND seq > %s)
+"""
 
 
 def subject(ticket_id: int) -> str:
@@ -153,6 +160,22 @@ async def events_after(pool: Pool, ticket_id: int, seq: int) -> list[tuple[int, 
     async with pool.connection() as conn:
         rows = await (await conn.execute(EVENTS_AFTER, [subject(ticket_id), seq])).fetchall()
     return [(row["seq"], row["event"]) for row in rows]
+
+
+async def has_event(pool: Pool, ticket_id: int, seq: int) -> bool:
+    """Whether ``seq`` is the id of one of the ticket's progress events."""
+    async with pool.connection() as conn:
+        return (
+            await (await conn.execute(HAS_EVENT, [subject(ticket_id), seq])).fetchone() is not None
+        )
+
+
+async def ended_after(pool: Pool, ticket_id: int, seq: int) -> bool:
+    """Whether the ticket's run has ended with nothing after event ``seq`` (a stream that
+    follows it would wait forever)."""
+    async with pool.connection() as conn:
+        found = await conn.execute(ENDED_AFTER, [ticket_id, subject(ticket_id), seq])
+        return await found.fetchone() is not None
 
 
 def pending_approval(snapshot: Any) -> str | None:
@@ -342,7 +365,8 @@ class Runner:
 
     async def _failed(self, ticket_id: int, exc: Exception) -> str:
         log.warning("ticket %s: run failed: %r", ticket_id, exc)
-        async with self.pool.connection() as conn:
+        # One transaction: a stream that sees the run failed has its run.failed event too.
+        async with self.pool.connection() as conn, conn.transaction():
             row = await (
                 await conn.execute(
                     FAIL,
@@ -354,13 +378,10 @@ class Runner:
                     },
                 )
             ).fetchone()
-        status = row["status"] if row else "failed"
-        await self.publish(ticket_id, "run.failed", {"error": repr(exc)[:2000], "next": status})
+            status = row["status"] if row else "failed"
+            failed = progress(ticket_id, "run.failed", {"error": repr(exc)[:2000], "next": status})
+            await add_to_outbox(conn, [failed])
         return "failed" if status == "failed" else "retry"
-
-    async def publish(self, ticket_id: int, type: str, data: dict[str, Any]) -> None:
-        async with self.pool.connection() as conn:
-            await add_to_outbox(conn, [progress(ticket_id, type, data)])
 
 
 def progress(
@@ -392,4 +413,6 @@ async def stream_events(
         if batch and batch[-1][1]["type"] in TERMINAL and len(batch) < 500:
             return
         if not batch:
+            if await ended_after(pool, ticket_id, after):  # it ended with what was read
+                return
             await asyncio.sleep(poll)

@@ -17,11 +17,16 @@ can go on with any ticket. The API (bearer JWT as on the servers: ``agent`` to s
     GET  /healthz /readyz /metrics
 
 Errors are JSON ``{"error": code, "field": ..., "message": "code: field: reason"}`` with the
-HTTP status of the code (400, 401, 403, 404, 409, 413, 503).
+HTTP status of the code (400, 401, 403, 404, 409, 413, 503), unmatched routes (404, field
+``path``) and methods (405, field ``method``, with ``Allow``) included. Input is checked before
+any query: numbers in paths and queries are ASCII digits within 64 bits, bodies are JSON with
+no NUL, lone surrogate or number JSON cannot carry (``servers.runtime.limits``), and an
+``Idempotency-Key`` is at most ``MAX_IDEMPOTENCY_KEY`` characters.
 """
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -33,6 +38,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -78,6 +84,7 @@ from servers.runtime.errors import (
 )
 from servers.runtime.events import schema_with_outbox
 from servers.runtime.keys import joined_key
+from servers.runtime.limits import MAX_INT, body_problem, id_number
 from servers.runtime.serve import invalid_argument, probes
 from servers.runtime.settings import Settings
 from servers.runtime.tasks import beat_in_thread, worker_in_thread
@@ -87,6 +94,7 @@ log = logging.getLogger(__name__)
 NAME = "orchestrator"
 MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_BODY_BYTES = 1 << 20
+MAX_IDEMPOTENCY_KEY = 255  # characters, as Stripe's API takes
 ACTOR = "orchestrator"  # who the service is to the servers, unless its token says otherwise
 M = TypeVar("M", bound=BaseModel)
 STATUS = {
@@ -195,27 +203,29 @@ async def _caller(request: Request, scope: str, what: str) -> Caller:
     return caller
 
 
-def _number(text: str) -> bool:
-    """Digits 0-9 only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
-    return text.isascii() and text.isdigit()
-
-
-def _ticket_id(request: Request) -> int:
-    text = request.path_params["ticket_id"]
-    if not _number(text) or not 0 < int(text) < 2**63:
-        raise InvalidArgument("ticket_id", f"not a ticket number: {text[:40]!r}")
+def _count(text: str, field: str, low: int, high: int) -> int:
+    """A number from a query or header: ASCII digits, from ``low`` to ``high``. The length is
+    checked before ``int()``, which refuses (and is slow on) thousands of digits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and low <= int(text) <= high):
+        raise InvalidArgument(field, f"a number from {low} to {high}")
     return int(text)
 
 
+def _ticket_id(request: Request) -> int:
+    return id_number(request.path_params["ticket_id"], "ticket_id", "a ticket number")
+
+
 async def _body(request: Request, model: type[M]) -> M:
-    declared = request.headers.get("content-length", "0")
-    if _number(declared) and int(declared) > MAX_BODY_BYTES:
+    declared = request.headers.get("content-length")
+    if declared and _count(declared, "Content-Length", 0, MAX_INT) > MAX_BODY_BYTES:
         raise _TooLarge()
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise _TooLarge()
+    if found := body_problem(body or b"{}"):
+        raise InvalidArgument(*found)
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:
@@ -242,8 +252,12 @@ async def submit(request: Request) -> Response:
     service = _service(request)
     arguments = ticket.model_dump(mode="json", exclude_none=True)
     if key := request.headers.get("idempotency-key"):
-        # The same key from the same caller opens one ticket, however often it is retried.
-        arguments["idempotency_key"] = joined_key("orchestrator-api", caller.actor, key)[:200]
+        # The same key from the same caller opens one ticket, however often it is retried. The
+        # ticketing server keeps the digest of the whole (caller, key): distinct keys never meet.
+        if len(key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidArgument("Idempotency-Key", f"at most {MAX_IDEMPOTENCY_KEY} characters")
+        digest = hashlib.sha256(joined_key(caller.actor, key).encode()).hexdigest()
+        arguments["idempotency_key"] = f"orchestrator-api:{digest}"
     created = await service.mesh.calls("create_ticket").call("create_ticket", **arguments)
     ticket_id = int(created["id"])
     async with service.pool.connection() as conn:
@@ -284,9 +298,7 @@ async def history(request: Request) -> Response:
     """The ticket's checkpoints, newest first: what each step wrote and what came next."""
     await _caller(request, "agent", "reading a ticket's history")
     ticket_id, service = _ticket_id(request), _service(request)
-    limit_text = request.query_params.get("limit", "100")
-    if not _number(limit_text) or not 1 <= int(limit_text) <= 1000:
-        raise InvalidArgument("limit", "a number from 1 to 1000")
+    limit = _count(request.query_params.get("limit", "100"), "limit", 1, 1000)
     checkpoints = [
         Checkpoint(
             checkpoint_id=snap.config["configurable"]["checkpoint_id"],
@@ -299,7 +311,7 @@ async def history(request: Request) -> Response:
             next=list(snap.next),
             interrupted=bool(snap.interrupts),
         )
-        async for snap in service.graph.aget_state_history(thread(ticket_id), limit=int(limit_text))
+        async for snap in service.graph.aget_state_history(thread(ticket_id), limit=limit)
     ]
     if not checkpoints:
         raise NotFound("ticket_id", f"ticket {ticket_id} has no checkpoints")
@@ -367,17 +379,25 @@ async def resume(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """Server-sent events of the run: ``run.started``, ``node.started``, ``tool.called``,
     ``node.finished``, then ``run.interrupted``, ``run.resolved`` or ``run.failed``, where the
-    stream ends. ``Last-Event-ID`` (or ``?after=``) continues after an event already seen."""
+    stream ends. ``Last-Event-ID`` (or ``?after=``) continues after an event of this ticket's
+    already seen (another id is a 400); when the run has ended (resolved or failed) with nothing
+    after it, the answer is 204, which tells an EventSource to stop reconnecting. After a
+    ``run.interrupted`` it waits for the run's resumption, with a ping every 15 s."""
     await _caller(request, "agent", "following a ticket's run")
     ticket_id, service = _ticket_id(request), _service(request)
     if await runs.get_run(service.pool, ticket_id) is None:
         raise NotFound("ticket_id", f"the orchestrator has no run of ticket {ticket_id}")
-    after_text = request.headers.get("last-event-id") or request.query_params.get("after", "0")
-    if not _number(after_text) or len(after_text) > 19:
-        raise InvalidArgument("after", "an event id from this stream")
+    header = request.headers.get("last-event-id")
+    field = "Last-Event-ID" if header is not None else "after"
+    after = _count(header or request.query_params.get("after", "0"), field, 0, MAX_INT)
+    if after and not await runs.has_event(service.pool, ticket_id, after):
+        raise InvalidArgument(field, f"not an event id of ticket {ticket_id}'s stream")
+    if await runs.ended_after(service.pool, ticket_id, after):
+        # Nothing more will come: 204 tells an EventSource not to reconnect (WHATWG HTML).
+        return Response(status_code=204)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for seq, event in runs.stream_events(service.pool, ticket_id, int(after_text)):
+        async for seq, event in runs.stream_events(service.pool, ticket_id, after):
             yield ServerSentEvent(data=json.dumps(event), event=event["type"], id=str(seq))
 
     return EventSourceResponse(stream(), ping=15)
@@ -410,6 +430,34 @@ async def _refused(request: Request, exc: Exception) -> Response:
         status_code=STATUS[code],
         headers=headers,
     )
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route: 404; no such method on it: 405, with
+    ``Allow``), in the service's error shape rather than as plain text."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path if len(request.url.path) <= 100 else request.url.path[:100] + "..."
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        error: SupportMeshError = InvalidArgument(
+            "method", f"{request.method} is not allowed on {path}; use {allowed}"
+        )
+    elif exc.status_code == 404:
+        error = NotFound("path", f"no {path} here; the API is in the service's README section")
+    else:
+        error = InvalidArgument(None, str(exc.detail))
+    return JSONResponse(
+        {"error": error.code.value, "field": error.field, "message": str(error)},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback; the caller gets the error shape, never plain text."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    message = "internal: the service failed; its log has the details"
+    return JSONResponse({"error": "internal", "field": None, "message": message}, status_code=500)
 
 
 def service_app(settings: Settings, urls: dict[str, str]) -> Starlette:
@@ -446,6 +494,8 @@ def service_app(settings: Settings, urls: dict[str, str]) -> Starlette:
             SupportMeshError: _refused,
             ToolFailed: _refused,
             _TooLarge: _refused,
+            HTTPException: _no_route,
+            Exception: _failed,
         },
     )
     return app

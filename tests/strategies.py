@@ -12,10 +12,13 @@ marks such a token; ``to_json`` writes the whole document.
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import HealthCheck, seed
+from hypothesis import settings as run_with
 from hypothesis import strategies as st
 
 Schema = dict[str, Any]
@@ -40,6 +43,23 @@ def to_json(value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return json.dumps(value)
+
+
+def inline_refs(schema: Schema, defs: dict[str, Schema] | None = None) -> Schema:
+    """``schema`` with every ``{"$ref": "#/$defs/X"}`` replaced by ``X`` (a pydantic model's
+    schema has them; our tools' are inlined already)."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            if isinstance(ref := value.get("$ref"), str) and ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in value.items() if k != "$ref"}
+                return walk({**defs[ref.removeprefix("#/$defs/")], **rest})
+            return {k: walk(v) for k, v in value.items() if k != "$defs"}
+        return [walk(v) for v in value] if isinstance(value, list) else value
+
+    inlined: Schema = walk(schema)
+    return inlined
 
 
 def _types(schema: Schema) -> list[str]:
@@ -182,3 +202,31 @@ def forged_cursors() -> st.SearchStrategy[str]:
     return keys.map(
         lambda key: base64.urlsafe_b64encode(f'{{"k": {key}, "q": "x"}}'.encode()).decode()
     ) | st.text(max_size=50)
+
+
+def fuzz(
+    examples: int, fuzz_seed: int, path: str
+) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Run a ``@given`` test ``examples`` times from ``fuzz_seed``, without deadlines or saved
+    examples; a failure says how to replay the run (``SUPPORTMESH_FUZZ_SEED``)."""
+
+    def wrap(test: Callable[[], None]) -> Callable[[], None]:
+        seeded = seed(fuzz_seed)(
+            run_with(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )(test)
+        )
+
+        def run() -> None:
+            try:
+                seeded()
+            except BaseException as exc:
+                exc.add_note(f"replay this run: SUPPORTMESH_FUZZ_SEED={fuzz_seed} pytest {path}")
+                raise
+
+        return run
+
+    return wrap

@@ -11,7 +11,10 @@ A JSON-RPC message (an HTTP body, a stdio line) is refused at once when it is
   tool had refused it; anywhere else, a JSON-RPC error naming the member.
 
 A ``prompts/get`` is treated as a ``tools/call`` is: a problem in its arguments is a JSON-RPC
-error ``-32602`` naming the argument, as if the prompt had refused it.
+error ``-32602`` naming the argument, as if the prompt had refused it. The parameters of
+``prompts/get``, ``resources/read`` and ``completion/complete`` are checked against the SDK's
+own types first (a prompt argument that is not a string, a URI that is not one), which the SDK
+would refuse with an error naming nothing.
 
 The MCP SDK would otherwise answer such messages with HTTP 500 or an error naming no field, or
 quietly turn a non-finite number into ``null`` before the tool's own validation runs.
@@ -27,7 +30,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import mcp.types as mt
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,10 +79,18 @@ def _parse_constant(_: str) -> _Unreadable:
     return NON_FINITE
 
 
+def field_name(name: str | int) -> str:
+    """A field's name as an error may print it: escaped unless it is printable and not blank
+    (a key of NUL, a lone surrogate or a line break), cut short past 40 characters."""
+    text = str(name)
+    if not text.strip() or not text.isprintable() or _text_problem(text) is not None:
+        text = ascii(text)[1:-1] or "''"
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _joined(path: tuple[str | int, ...]) -> str:
     """A dotted path that is safe to print: bad keys escaped, long ones cut short."""
-    parts = [str(p) if _text_problem(str(p)) is None else ascii(p)[1:-1] for p in path]
-    return ".".join(p if len(p) <= 40 else p[:40] + "..." for p in parts)
+    return ".".join(field_name(p) for p in path)
 
 
 def _text_problem(text: str) -> str | None:
@@ -167,15 +180,37 @@ def too_large(max_bytes: int) -> Refusal:
     return _error(413, INVALID_REQUEST, "body", f"larger than {max_bytes} bytes")
 
 
+def _loads(body: bytes) -> Any:
+    """``body`` parsed with every number that JSON cannot carry marked (``_Unreadable``).
+
+    Raises ``RecursionError`` past Python's stack, ``ValueError`` on what is not UTF-8 JSON.
+    """
+    return json.loads(
+        body, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
+    )
+
+
+def body_problem(body: bytes, max_depth: int = MAX_ARGUMENT_DEPTH) -> tuple[str, str] | None:
+    """What is wrong with a JSON request body (an HTTP API's, not JSON-RPC), as (field,
+    reason), or None: ``body`` when it is not JSON or nests too deep, else the member that
+    ``json_problem`` refuses, e.g. ``('checkpoint_id', 'text must not contain NUL characters')``.
+    """
+    try:
+        value = _loads(body)
+    except RecursionError:
+        return "body", f"nested deeper than {max_depth} levels"
+    except ValueError as exc:
+        return "body", f"not JSON: {exc}"
+    found = json_problem(value, max_depth, depth=-1)
+    if found and found[1].startswith("nested deeper"):  # the path down is no help to anyone
+        return "body", found[1]
+    return found
+
+
 def check_message(body: bytes) -> Refusal | None:
     """None if the JSON-RPC message ``body`` may go on to the server, else the reply to send."""
     try:
-        message = json.loads(
-            body,
-            parse_float=_parse_float,
-            parse_int=_parse_int,
-            parse_constant=_parse_constant,
-        )
+        message = _loads(body)
     except RecursionError:  # nested hundreds deep: json.loads stops at Python's stack limit
         reason = f"nested deeper than {MAX_MESSAGE_DEPTH} levels"
         return _error(400, INVALID_REQUEST, "body", reason)
@@ -206,6 +241,35 @@ def check_message(body: bytes) -> Refusal | None:
             return _error(200, INVALID_PARAMS, found[0], found[1], _safe_id(message))
     if found := json_problem(message, MAX_MESSAGE_DEPTH):
         return _error(400, INVALID_REQUEST, found[0], found[1], _safe_id(message))
+    if found := params_problem(message.get("method"), params):
+        return _error(200, INVALID_PARAMS, found[0], found[1], _safe_id(message))
+    return None
+
+
+# The SDK's own types for the requests whose parameters a caller writes by hand; it answers a
+# mismatch with -32602 "Invalid request parameters", naming nothing.
+PARAMS: dict[str, type[BaseModel]] = {
+    "prompts/get": mt.GetPromptRequestParams,
+    "resources/read": mt.ReadResourceRequestParams,
+    "completion/complete": mt.CompleteRequestParams,
+}
+
+
+def params_problem(method: Any, params: Any) -> tuple[str, str] | None:
+    """What the MCP SDK will refuse in a request's ``params``, as (field, reason): a prompt's
+    arguments are named as a tool's are (``ticket_id``, not ``arguments.ticket_id``)."""
+    model = PARAMS.get(method) if isinstance(method, str) else None
+    if model is None:
+        return None
+    try:
+        model.model_validate(params if params is not None else {})
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = [str(part) for part in error["loc"]]
+        if method == "prompts/get" and loc[:1] == ["arguments"] and len(loc) > 1:
+            loc = loc[1:]
+        reason = "required" if error["type"] == "missing" else error["msg"]
+        return _joined(tuple(loc)) or "params", reason
     return None
 
 

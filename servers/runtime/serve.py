@@ -70,6 +70,7 @@ from servers.runtime.limits import (
     MessageLimits,
     argument_problem,
     check_message,
+    field_name,
     text_problem,
 )
 from servers.runtime.settings import Settings
@@ -119,11 +120,11 @@ def _internal(what: str, exc: Exception) -> McpError:
 def _string_problem(arguments: dict[str, Any], max_chars: int) -> tuple[str, str] | None:
     for name, value in arguments.items():
         if reason := text_problem(name, 100):
-            return ascii(name)[1:-1][:40], f"name: {reason}"
+            return field_name(name), f"name: {reason}"
         if not isinstance(value, str):
-            return name, "must be a string"
+            return field_name(name), "must be a string"
         if reason := text_problem(value, max_chars):
-            return name, reason
+            return field_name(name), reason
     return None
 
 
@@ -226,7 +227,7 @@ class ToolCallMiddleware(Middleware):
             if found := _string_problem(arguments, MAX_PROMPT_ARGUMENT_CHARS):
                 raise InvalidArgument(*found)
             if unknown := sorted(set(arguments) - set(declared)):
-                raise InvalidArgument(unknown[0], "not an argument of this prompt")
+                raise InvalidArgument(field_name(unknown[0]), "not an argument of this prompt")
             for argument in declared.values():
                 if argument.required and argument.name not in arguments:
                     raise InvalidArgument(argument.name, "required")
