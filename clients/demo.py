@@ -219,11 +219,11 @@ async def _dashboard(mesh: Mesh, bearer: str, created: int) -> Dashboard:
 
 
 def _action(plan: dict[str, Any] | None, outcome: dict[str, Any] | None) -> str | None:
-    if outcome and outcome.get("tool"):
-        return f"{outcome['tool']}: {outcome.get('status')}"
-    if plan and plan.get("tool"):
-        return f"{plan['tool']}: planned"
-    return None
+    """The run's writes and how they went, e.g. "cancel_pending_order: done"."""
+    tools = ", ".join(a["tool"] for a in (plan or {}).get("actions", []))
+    if not tools:
+        return None
+    return f"{tools}: {outcome.get('status') if outcome else 'planned'}"
 
 
 def _citations(reply: str) -> list[str]:

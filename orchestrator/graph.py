@@ -14,6 +14,7 @@ after a resume or a crash repeats nothing. ``await_decision`` pauses the run wit
 value only says which approval to look at.
 """
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,7 +25,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer, Command, RetryPolicy, Send, interrupt
 
-from orchestrator import policy
+from orchestrator import policy, replies
+from orchestrator.finding import Lookup, identity_lookups
 from orchestrator.mesh import Calls, Mesh, ToolFailed, Unavailable
 from orchestrator.model import READ_TOOLS, WRITE_TOOLS, propose
 from orchestrator.state import (
@@ -92,12 +94,12 @@ async def triage(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, 
     customer_id = state.get("customer_id")
     how = "the ticket"
     if customer_id is None:
-        customer_id, how = await identify(calls, found)
+        customer_id, how = await identify(calls, identity_lookups(state["text"]))
     decisions = [
         decision(
             state, "triage", "intent", f"{found.intent} (all: {', '.join(found.intents) or '-'})"
         ),
-        decision(state, "triage", "customer", f"{customer_id or 'unknown'} (from {how})"),
+        decision(state, "triage", "customer", f"{customer_id or 'unknown'} ({how})"),
     ]
     if found.handover:
         decisions.append(decision(state, "triage", "handover", found.handover))
@@ -109,27 +111,28 @@ async def triage(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, 
     }
 
 
-async def identify(calls: Calls, found: policy.Triage) -> tuple[str | None, str]:
-    """The customer by the email in the message, or by name and zip code."""
-    for email in found.emails:
+async def identify(calls: Calls, lookups: list[Lookup]) -> tuple[str | None, str]:
+    """The customer every candidate of the message that the CRM knows names: each email, each
+    name with each zip code, asked at once. Exactly one customer, or none (several, or none,
+    mean the agent asks)."""
+
+    async def ask(lookup: Lookup) -> str | None:
         try:
-            return (await calls.call("find_customer", email=email))["customer_id"], "email"
+            return str((await calls.call("find_customer", **lookup.arguments()))["customer_id"])
         except Unavailable:
             raise
         except ToolFailed:
-            continue
-    if found.name and found.zip:
-        first, last = found.name
-        try:
-            match = await calls.call(
-                "find_customer", first_name=first, last_name=last, zip=found.zip
-            )
-            return match["customer_id"], "name and zip"
-        except Unavailable:
-            raise
-        except ToolFailed:
-            pass
-    return None, "nothing in the message"
+            return None
+
+    matches = await asyncio.gather(*(ask(lookup) for lookup in lookups))
+    customer_id, why = policy.identified(matches)
+    found = [lookups[i] for i, m in enumerate(matches) if m]
+    how = (
+        f"from {'the email' if found[0].email else 'name and zip'}"
+        if customer_id
+        else f"{why} of {len(lookups)} candidates in the message matched"
+    )
+    return customer_id, how
 
 
 def fan_out(state: ResearchInput) -> list[Send]:
@@ -142,9 +145,16 @@ def evidence(
     facts: list[str] | None = None,
     passages: list[Passage] | None = None,
     orders: list[dict[str, Any]] | None = None,
+    products: dict[str, dict[str, Any]] | None = None,
     error: str | None = None,
 ) -> dict[str, Evidence]:
-    found = Evidence(source=source, facts=facts or [], passages=passages or [], orders=orders or [])
+    found = Evidence(
+        source=source,
+        facts=facts or [],
+        passages=passages or [],
+        orders=orders or [],
+        products=products or {},
+    )
     if error is not None:
         found["error"] = error
     return {source: found}
@@ -153,6 +163,11 @@ def evidence(
 def orders_found(state: TicketState) -> list[dict[str, Any]]:
     crm = state.get("evidence", {}).get("crm")
     return crm["orders"] if crm else []
+
+
+def products_found(state: TicketState) -> dict[str, dict[str, Any]]:
+    crm = state.get("evidence", {}).get("crm")
+    return dict(crm.get("products", {})) if crm else {}
 
 
 def passages_found(state: TicketState) -> list[Passage]:
@@ -178,8 +193,11 @@ async def knowledge(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[
 
 
 async def crm(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The customer's orders in brief, and the products of their items."""
-    calls = runtime.context.mesh.calls("list_customer_orders", "get_order")
+    """The customer's orders, and the products the policy must see: those of their items and
+    those the message names (their variants and options)."""
+    calls = runtime.context.mesh.calls(
+        "list_customer_orders", "get_order", "list_product_types", "get_product"
+    )
     customer_id = state.get("customer_id")
     if customer_id is None:
         return {
@@ -188,24 +206,33 @@ async def crm(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, A
         }
     try:
         summaries = (await calls.call("list_customer_orders", customer_id=customer_id))["orders"]
-        orders = []
-        for summary in summaries:
-            order = await calls.call("get_order", order_id=summary["order_id"])
-            orders.append(
-                {
-                    "order_id": order["order_id"],
-                    "status": order["status"],
-                    "total": summary["total"],
-                    "items": order["items"],
-                    "payment_history": order["payment_history"],
-                    "fulfillments": order.get("fulfillments", []),
-                }
-            )
+        details, types = await asyncio.gather(
+            asyncio.gather(*(calls.call("get_order", order_id=s["order_id"]) for s in summaries)),
+            calls.call("list_product_types"),
+        )
+        orders = [
+            {
+                "order_id": order["order_id"],
+                "status": order["status"],
+                "total": summary["total"],
+                "items": order["items"],
+                "address": order["address"],
+                "payment_history": order["payment_history"],
+                "fulfillments": order.get("fulfillments", []),
+            }
+            for summary, order in zip(summaries, details, strict=True)
+        ]
+        wanted = policy.products_wanted(state["text"], orders, types["products"])
+        fetched = await asyncio.gather(*(calls.call("get_product", product_id=p) for p in wanted))
     except Unavailable:
         raise
     except ToolFailed as exc:
         return {"evidence": evidence("crm", error=exc.text), "metrics": calls.metrics()}
-    return {"evidence": evidence("crm", orders=orders), "metrics": calls.metrics()}
+    products = {str(p["product_id"]): p for p in fetched}
+    return {
+        "evidence": evidence("crm", orders=orders, products=products),
+        "metrics": calls.metrics(),
+    }
 
 
 async def memory(state: ResearchInput, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -244,50 +271,55 @@ def research_graph() -> CompiledStateGraph[
 
 
 async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The action the policy calls for (decided once per ticket) and the reply, drafted from
-    the evidence and from what has happened so far (approval, action)."""
-    calls = runtime.context.mesh.calls("get_customer", "get_product")
-    found = state["triage"]
+    """The writes the policy calls for (decided once per ticket) and the reply, drafted from
+    the evidence and from what has happened so far (approval, writes)."""
+    calls = runtime.context.mesh.calls("get_customer")
+    found = policy.Triage.from_state(state["triage"])
     orders = orders_found(state)
     planned = state.get("plan")
     customer: dict[str, Any] | None = None
     if state.get("customer_id"):
-        customer = await calls.call("get_customer", customer_id=state["customer_id"])
+        try:
+            customer = await calls.call("get_customer", customer_id=state["customer_id"])
+        except Unavailable:
+            raise
+        except ToolFailed:
+            customer = None  # a ticket naming a customer id the CRM does not know: ask who
     update: dict[str, Any] = {}
     if planned is None:
-        found_now = policy.Triage(
-            **{k: v for k, v in found.items() if k not in ("category", "name")},
-            name=tuple(found["name"]) if found["name"] else None,
-        )
         model = runtime.context.model
         if model is not None:
-            # The model may read (CRM, knowledge, memory) and propose one write; no other tool.
+            # The model may read (CRM, knowledge, memory) and propose writes; no other tool.
             mesh = runtime.context.mesh
             allowed = [n for n in (*READ_TOOLS, *WRITE_TOOLS) if n in mesh.tools_by_name]
             tools = {t.name: t for t in mesh.tools(allowed)}
-            proposal, conversation = await propose(
+            proposals, conversation = await propose(
                 model, tools, state.get("customer_id"), state["text"]
             )
             update["messages"] = conversation[2:]  # its turns and the tools' answers
             chosen = policy.proposed_plan(
-                proposal, found_now, customer, orders, runtime.context.limits
+                proposals, found, customer, orders, runtime.context.limits
             )
         else:
-            products = {}
-            if found["intent"] == "exchange":
-                for product_id in {i["product_id"] for o in orders for i in o["items"]}:
-                    products[product_id] = await calls.call("get_product", product_id=product_id)
             chosen = policy.plan(
-                found_now, state["text"], customer, orders, products, runtime.context.limits
+                found,
+                state["text"],
+                customer,
+                orders,
+                products_found(state),
+                runtime.context.limits,
             )
         planned = chosen.as_state()
         update["plan"] = planned
+        described = "; ".join(f"{a.tool}({a.arguments})" for a in chosen.actions)
+        declined = ", ".join(f"{d.intent}: {d.why}" for d in chosen.declined)
         update["decisions"] = [
             decision(
                 state,
                 "solution",
                 "action" if model is None else "action (model)",
-                f"{chosen.tool}({chosen.arguments})" if chosen.tool else f"none: {chosen.blocked}",
+                (described or f"none: {chosen.blocked or 'nothing that can be done'}")
+                + (f" (not done: {declined})" if declined else ""),
             )
         ]
         if chosen.needs_approval:
@@ -297,17 +329,18 @@ async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str
     approval = state.get("approval")
     outcome = state.get("outcome")
     will_act = bool(
-        planned["tool"]
+        planned["actions"]
         and outcome is None
         and (not planned["needs_approval"] or (approval or {}).get("status") == "approved")
     )
-    reply = policy.compose_reply(
+    reply = replies.compose_reply(
         customer["name"]["first_name"] if customer else None,
         planned,
-        {"status": "done"} if will_act else outcome,
+        {"done": list(range(len(planned["actions"])))} if will_act else outcome,
         approval,
         passages_found(state),
         planned["facts"],
+        answers_question="kb_question" in found.intents,
     )
     update["reply"] = reply
     update["metrics"] = calls.metrics()
@@ -318,7 +351,7 @@ def gate(state: TicketState) -> Literal["request_approval", "act", "quality"]:
     """Straight to acting, to a human's approval first, or on to the quality check."""
     planned = state.get("plan") or {}
     approval = state.get("approval")
-    if not planned.get("tool") or state.get("outcome") is not None:
+    if not planned.get("actions") or state.get("outcome") is not None:
         return "quality"
     if planned.get("needs_approval"):
         if approval is None:
@@ -333,14 +366,16 @@ async def request_approval(state: TicketState, runtime: Runtime[RunContext]) -> 
     calls = runtime.context.mesh.calls("request_approval", "update_ticket", "add_comment")
     planned = state["plan"]
     assert planned is not None
+    tool, arguments = policy.approval_request(planned)
     approval = await calls.call(
         "request_approval",
         subject=f"ticket:{state['ticket_id']}",
-        action_tool=planned["tool"],
-        action_arguments=planned["arguments"],
+        action_tool=tool,
+        action_arguments=arguments,
         amount=planned["amount"],
         currency="USD",
-        reason=f"{planned['summary']}: {planned['needs_approval']}",
+        reason="; ".join(a["summary"] for a in planned["actions"])[:1500]
+        + f": {planned['needs_approval']}",
         expires_in_seconds=runtime.context.limits.approval_expires_seconds,
         idempotency_key=write_key(state, "request_approval", "request_approval"),
     )
@@ -351,7 +386,7 @@ async def request_approval(state: TicketState, runtime: Runtime[RunContext]) -> 
         add_tags=["awaiting-approval"],
         idempotency_key=write_key(state, "request_approval", "update_ticket"),
     )
-    waiting = policy.compose_reply(None, planned, None, {"status": "pending"}, [], [])
+    waiting = replies.compose_reply(None, planned, None, {"status": "pending"}, [], [])
     await calls.call(
         "add_comment",
         ticket_id=state["ticket_id"],
@@ -375,14 +410,16 @@ async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Co
         {
             "action_requests": [
                 {
-                    "name": planned["tool"],
-                    "args": planned["arguments"],
-                    "description": f"{planned['summary']} ({planned['needs_approval']}); "
+                    "name": action["tool"],
+                    "args": action["arguments"],
+                    "description": f"{action['summary']} ({planned['needs_approval']}); "
                     f"approval {approval['id']}",
                 }
+                for action in planned["actions"]
             ],
             "review_configs": [
-                {"action_name": planned["tool"], "allowed_decisions": ["approve", "reject"]}
+                {"action_name": tool, "allowed_decisions": ["approve", "reject"]}
+                for tool in dict.fromkeys(a["tool"] for a in planned["actions"])
             ],
             "approval_id": approval["id"],
         }
@@ -394,9 +431,9 @@ async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Co
     if status == "pending":
         # Resumed before anyone decided: wait again.
         return Command(goto="await_decision", update={"metrics": calls.metrics()})
+    tool, arguments = policy.approval_request(planned)
     if status == "approved" and (
-        record["action_tool"] != planned["tool"]
-        or record["action_arguments"] != planned["arguments"]
+        record["action_tool"] != tool or record["action_arguments"] != arguments
     ):
         read["status"] = "rejected"  # approved something else: fail closed
     return Command(
@@ -414,24 +451,34 @@ async def await_decision(state: TicketState, runtime: Runtime[RunContext]) -> Co
 
 
 async def act(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The planned CRM write, with exactly the arguments planned (and approved, when asked)."""
+    """The planned CRM writes, in order, with exactly the arguments planned (and approved, when
+    asked), each under a key of its own; one refused stops the rest."""
     planned = state["plan"]
-    assert planned is not None and planned["tool"]
-    calls = runtime.context.mesh.calls(planned["tool"])  # the one write decided, no other
-    try:
-        await calls.call(
-            planned["tool"],
-            **planned["arguments"],
-            idempotency_key=write_key(state, "act", planned["tool"]),
-        )
-        outcome = {"status": "done", "tool": planned["tool"]}
-    except Unavailable:
-        raise
-    except ToolFailed as exc:
-        outcome = {"status": "failed", "tool": planned["tool"], "error": exc.text}
+    assert planned is not None and planned["actions"]
+    tools = [a["tool"] for a in planned["actions"]]
+    calls = runtime.context.mesh.calls(*tools)  # the writes decided, no other
+    outcome: dict[str, Any] = {"done": [], "failed": None}
+    for index, action in enumerate(planned["actions"]):
+        try:
+            await calls.call(
+                action["tool"],
+                **action["arguments"],
+                idempotency_key=write_key(state, "act", f"{index}-{action['tool']}"),
+            )
+        except Unavailable:
+            raise
+        except ToolFailed as exc:
+            outcome.update(failed=index, error=exc.text)
+            break
+        outcome["done"].append(index)
+    outcome["status"] = (
+        "done" if outcome["failed"] is None else "partial" if outcome["done"] else "failed"
+    )
+    made = ", ".join(tools[i] for i in outcome["done"]) or "nothing"
+    refused = f"; refused: {tools[outcome['failed']]}" if outcome["failed"] is not None else ""
     return {
         "outcome": outcome,
-        "decisions": [decision(state, "act", "outcome", f"{outcome['status']}: {planned['tool']}")],
+        "decisions": [decision(state, "act", "outcome", f"{outcome['status']}: {made}{refused}")],
         "metrics": calls.metrics(),
     }
 
@@ -444,7 +491,7 @@ def quality(state: TicketState) -> Command[Literal["solution", "resolve"]]:
     assert reply is not None
     orders = orders_found(state)
     passages = passages_found(state)
-    problems = policy.check_reply(
+    problems = replies.check_reply(
         reply,
         state.get("outcome"),
         planned,
@@ -469,9 +516,10 @@ async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str,
     handover = bool(state.get("quality", {}).get("problems")) or str(
         planned.get("blocked", "")
     ).startswith("handover")
-    failed = (state.get("outcome") or {}).get("status") == "failed" or (
-        state.get("approval") or {}
-    ).get("status") in ("rejected", "expired")
+    outcome = state.get("outcome") or {}
+    failed = outcome.get("status") in ("failed", "partial") or (state.get("approval") or {}).get(
+        "status"
+    ) in ("rejected", "expired")
     ticket_id = state["ticket_id"]
     await calls.call(
         "add_comment",
@@ -481,6 +529,26 @@ async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str,
         idempotency_key=write_key(state, "resolve", "add_comment"),
     )
     with_human = handover or failed
+    if with_human:
+        # The human taking over reads exactly what was written before them, and why it is theirs.
+        actions = planned.get("actions", [])
+        done = [actions[i]["summary"] for i in outcome.get("done", [])]
+        problems = state.get("quality", {}).get("problems") or []
+        note = "Handed to a human: " + (
+            "; ".join(problems)
+            or str(planned.get("blocked") or outcome.get("error") or "")
+            or str((state.get("approval") or {}).get("status"))
+        )
+        note += "\nDone: " + ("; ".join(done) or "nothing")
+        if outcome.get("failed") is not None:
+            note += f"\nRefused: {actions[outcome['failed']]['summary']} ({outcome.get('error')})"
+        await calls.call(
+            "add_comment",
+            ticket_id=ticket_id,
+            body=note,
+            public=False,
+            idempotency_key=write_key(state, "resolve", "add_comment-note"),
+        )
     await calls.call(
         "update_ticket",
         ticket_id=ticket_id,
@@ -510,8 +578,11 @@ async def resolve(state: TicketState, runtime: Runtime[RunContext]) -> dict[str,
             )
         summary = (
             f"Ticket {ticket_id} ({state['triage']['intent']}): "
-            + (planned.get("summary") or str(planned.get("blocked")))
-            + (f", {outcome['status']}" if (outcome := state.get("outcome")) else "")
+            + (
+                "; ".join(a["summary"] for a in planned.get("actions", []))
+                or str(planned.get("blocked") or "no write")
+            )
+            + (f", {outcome['status']}" if outcome else "")
         )
         await calls.call(
             "remember",

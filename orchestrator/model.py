@@ -5,10 +5,12 @@ With ``ANTHROPIC_API_KEY`` set, Claude (``langchain-anthropic``); with
 vLLM (``langchain-openai``); otherwise no model, and the offline policy decides.
 
 The model gets the ticket and may call the CRM, knowledge and memory *read* tools as often as
-it needs (their results, errors included, come back to it as tool messages). The first *write*
-tool it calls is not carried out: it becomes the run's plan, which the graph gates (a human's
-approval above the threshold or for a VIP) and the ``act`` node carries out, exactly as
-proposed. A model that answers without a write tool proposes no action.
+it needs (their results, errors included, come back to it as tool messages). The *write* tools
+it calls are not carried out: each is answered "proposed", and together, in the order called,
+they become the run's plan, which the graph checks as the offline policy's own (the customer's
+own orders, refunds priced from the CRM), gates (a human's approval above the threshold or for
+a VIP) and the ``act`` node carries out, exactly as proposed. It has decided when it answers
+without a tool call; a model that never calls a write tool proposes no action.
 """
 
 import os
@@ -42,11 +44,13 @@ MAX_TURNS = 8  # model turns before it must have decided
 
 INSTRUCTIONS = """You are a support agent of an online retail store. The customer is {customer}.
 Only this customer's orders may be looked at or changed; never reveal anything about another
-customer. Look up what you need with the read tools. Then either call exactly one write tool
-with the exact arguments the store's policy allows (only pending orders are cancelled or
-modified, only delivered ones returned or exchanged, refunds go to the original payment method
-or a gift card), or answer without a write tool when no action is right. A human approves large
-refunds before they happen; you only propose."""
+customer. Look up what you need with the read tools. Then call a write tool for each change the
+customer asked for that the store's policy allows, with the exact arguments (only pending orders
+are cancelled or modified, only delivered ones returned or exchanged, refunds go to the original
+payment method or a gift card; one exchange, return or item change per order, carrying all its
+items), and finish with a short answer and no tool call. Never guess an order, an item or an
+option the customer did not make clear: propose nothing for it. A human approves large refunds
+before they happen; you only propose."""
 
 
 def chat_model(settings: Settings) -> BaseChatModel | None:
@@ -68,22 +72,24 @@ def chat_model(settings: Settings) -> BaseChatModel | None:
 
 async def propose(
     model: BaseChatModel, tools: dict[str, BaseTool], customer_id: str | None, text: str
-) -> tuple[dict[str, Any] | None, list[BaseMessage]]:
-    """Let the model look things up and propose one write: (``{"tool", "arguments"}`` or None,
-    the conversation)."""
+) -> tuple[list[dict[str, Any]], list[BaseMessage]]:
+    """Let the model look things up and propose writes: (each ``{"tool", "arguments"}`` in the
+    order proposed, the conversation)."""
     bound = model.bind_tools(list(tools.values()))
     messages: list[BaseMessage] = [
         SystemMessage(INSTRUCTIONS.format(customer=customer_id or "not yet identified")),
         HumanMessage(text),
     ]
+    proposals: list[dict[str, Any]] = []
     for _ in range(MAX_TURNS):
         answer = await bound.ainvoke(messages)
         messages.append(answer)
         calls = answer.tool_calls if isinstance(answer, AIMessage) else []
         if not calls:
-            return None, messages
+            return proposals, messages
         for call in calls:
             if call["name"] in WRITE_TOOLS:
+                proposals.append({"tool": call["name"], "arguments": dict(call["args"])})
                 # Answered, so the conversation stays one a model API accepts if sent again.
                 messages.append(
                     ToolMessage(
@@ -92,7 +98,7 @@ async def propose(
                         tool_call_id=call["id"] or "",
                     )
                 )
-                return {"tool": call["name"], "arguments": dict(call["args"])}, messages
+                continue
             if call["name"] not in tools:
                 messages.append(
                     ToolMessage(
@@ -104,4 +110,4 @@ async def propose(
                 continue
             result = await tools[call["name"]].ainvoke({**call, "type": "tool_call"})
             messages.append(result)
-    return None, messages
+    return proposals, messages

@@ -94,9 +94,13 @@ def describe(node: str, written: Any) -> str:
         return f"intent {written['triage']['intent']}, customer {written.get('customer_id')}"
     if node == "solution" and written.get("plan"):
         plan = written["plan"]
-        return f"action {plan['tool']}" if plan["tool"] else f"no action: {plan['blocked']}"
+        tools = ", ".join(a["tool"] for a in plan["actions"])
+        declined = ", ".join(f"{d['intent']} ({d['why']})" for d in plan.get("declined", []))
+        said = f"actions {tools}" if tools else f"no action: {plan['blocked'] or 'see below'}"
+        return said + (f"; not done: {declined}" if declined else "")
     if node == "act":
-        return f"{written['outcome']['tool']}: {written['outcome']['status']}"
+        outcome = written["outcome"]
+        return f"{len(outcome['done'])} written: {outcome['status']}"
     if node == "quality":
         return "; ".join(written["quality"]["problems"]) or "reply ok"
     if node == "resolve":

@@ -39,6 +39,7 @@ class Evidence(TypedDict):
     facts: list[str]
     passages: list[Passage]
     orders: list[dict[str, Any]]  # the customer's orders in brief: id, status, items, payments
+    products: NotRequired[dict[str, dict[str, Any]]]  # the products the policy looked at, by id
     error: NotRequired[str]
 
 

@@ -529,13 +529,18 @@ def urls(
     }
 
 
-async def order_status(crm: Crm, order_id: str) -> str:
+async def order_record(crm: Crm, order_id: str) -> dict[str, Any]:
+    """The order as the CRM's database holds it (status, address, items, payments)."""
     async with crm.pool.connection() as conn:
         row = await (
-            await conn.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,))
+            await conn.execute("SELECT status, record FROM orders WHERE order_id = %s", (order_id,))
         ).fetchone()
     assert row is not None
-    return str(row["status"])
+    return {**row["record"], "status": row["status"]}
+
+
+async def order_status(crm: Crm, order_id: str) -> str:
+    return str((await order_record(crm, order_id))["status"])
 
 
 CONFORMANCE = "@modelcontextprotocol/conformance@0.1.16"

@@ -84,7 +84,12 @@ def test_every_demo_ticket_ends_as_the_ticket_set_expects(demo: Demo) -> None:
         approved = line.ticket_id == decision.ticket_id
         assert line.run == ("resolved" if approved else expected[line.demo_id].run), line
         assert (line.action or "").split(":")[0] == (expected[line.demo_id].action or ""), line
-        assert line.reply.startswith("Hello") and line.citations, line
+        assert line.reply.startswith("Hello"), line
+        # A help-centre passage is cited where it answers a question, and only there.
+        if expected[line.demo_id].intent == "kb_question":
+            assert line.citations, line
+        if expected[line.demo_id].action:
+            assert not line.citations, line  # a size table cited in a speaker's return, no more
         assert "confirm who you are" not in line.reply, line
     printed = demo.log.read_text()
     assert f"{len(demo.report.tickets)} tickets in" in printed

@@ -112,18 +112,18 @@ async def test_a_refund_under_the_threshold_is_acted_on_and_the_ticket_resolved(
     trace_id = os.urandom(16).hex()
     state = await run(settings, urls, ticket_id, Limits(), trace_id=trace_id)
     assert "__interrupt__" not in state
-    assert state["plan"]["tool"] == "return_delivered_order_items"
-    assert state["plan"]["arguments"] == {
+    assert [a["tool"] for a in state["plan"]["actions"]] == ["return_delivered_order_items"]
+    assert state["plan"]["actions"][0]["arguments"] == {
         "order_id": "#W9000004",
         "item_ids": ["2000000021"],
         "payment_method_id": "paypal_9000003",
     }
-    assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
+    assert state["outcome"]["status"] == "done" and state["outcome"]["done"] == [0]
     assert state["quality"]["problems"] == []
     assert await order_status(demo_store, "#W9000004") == "return requested"
     ticket = await ticket_of(agent, ticket_id)
     assert ticket["status"] == "solved"
-    assert "Order #W9000004" in state["reply"]["text"]
+    assert "order #W9000004" in state["reply"]["text"]
     # The run's trace reached the servers in every call's _meta: their events carry it.
     traced = {
         schema: await count(
@@ -243,7 +243,8 @@ async def test_an_order_of_another_customer_is_never_touched(
         "it was being shipped.",
     )
     state = await run(settings, urls, ticket_id, Limits())
-    assert state["plan"]["tool"] is None and state["plan"]["blocked"] == "not_their_order"
+    assert state["plan"]["actions"] == []
+    assert [d["why"] for d in state["plan"]["declined"]] == ["not_their_order"]
     assert await order_status(demo_store, "#W9000001") == "pending"
     assert "Harbour Lane" not in state["reply"]["text"]
     assert "#W9000001" not in state["reply"]["text"]
@@ -268,6 +269,7 @@ async def test_a_model_s_tool_calls_reach_the_servers_and_its_proposal_is_gated(
                 item_ids=["2000000021"],
                 payment_method_id="paypal_9000003",
             ),
+            AIMessage("I have proposed the return."),
         ]
     )
     ticket_id = await new_ticket(
@@ -277,9 +279,9 @@ async def test_a_model_s_tool_calls_reach_the_servers_and_its_proposal_is_gated(
     answers = [m for m in state["messages"] if isinstance(m, ToolMessage)]
     assert answers[0].status == "error" and "not_found" in str(answers[0].content)
     assert answers[1].status == "success" and "#W9000004" in str(answers[1].content)
-    assert state["plan"]["tool"] == "return_delivered_order_items"
+    assert [a["tool"] for a in state["plan"]["actions"]] == ["return_delivered_order_items"]
     assert state["plan"]["amount"] == "89.99"
-    assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
+    assert state["outcome"]["status"] == "done" and state["outcome"]["done"] == [0]
     assert await order_status(demo_store, "#W9000004") == "return requested"
 
 
@@ -287,11 +289,14 @@ async def test_a_model_cannot_act_on_another_customer_s_order(
     settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
 ) -> None:
     model = ScriptedModel(
-        responses=[call("cancel_pending_order", order_id="#W9000001", reason="no longer needed")]
+        responses=[
+            call("cancel_pending_order", order_id="#W9000001", reason="no longer needed"),
+            AIMessage("Proposed."),
+        ]
     )
     ticket_id = await new_ticket(agent, "cleo_park_1003", "Cancel", "Cancel order #W9000001.")
     state = await run(settings, urls, ticket_id, Limits(), model=model)
-    assert state["plan"]["tool"] is None and state["plan"]["blocked"] == "not_their_order"
+    assert state["plan"]["actions"] == [] and state["plan"]["blocked"] == "not_their_order"
     assert await order_status(demo_store, "#W9000001") == "pending"
 
 
@@ -385,7 +390,10 @@ async def test_a_server_down_mid_run_is_retried_and_the_run_completes_once_it_is
     ready = f"http://127.0.0.1:{port}/readyz"
     own = urls | {"crm": f"http://127.0.0.1:{port}/mcp"}
     ticket_id = await new_ticket(
-        agent, "ben_ortiz_1002", "Lamp", "Please return the Desk Lamp from order #W9000004."
+        agent,
+        "ben_ortiz_1002",
+        "Lamp",
+        "Please return the Desk Lamp from order #W9000004, refund to my PayPal.",
     )
     assert settings.postgres_url
     with running(argv, env, ready, tmp_path / "crm-1.log") as first:
@@ -407,7 +415,7 @@ async def test_a_server_down_mid_run_is_retried_and_the_run_completes_once_it_is
             finally:
                 comeback.cancel()
     # Only the CRM that came back could have carried out the return.
-    assert state["outcome"] == {"status": "done", "tool": "return_delivered_order_items"}
+    assert state["outcome"]["status"] == "done" and state["outcome"]["done"] == [0]
     assert await order_status(demo_store, "#W9000004") == "return requested"
     assert (tmp_path / "crm-2.log").exists()
 

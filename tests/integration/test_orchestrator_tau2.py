@@ -60,7 +60,10 @@ async def test_a_customer_found_by_email_has_their_pending_order_cancelled(
     )
     state = await run(settings, tau2_urls, ticket_id, Limits())
     assert state["customer_id"] == "liam_li_6251"
-    assert state["plan"]["arguments"] == {"order_id": "#W4503264", "reason": "no longer needed"}
+    assert state["plan"]["actions"][0]["arguments"] == {
+        "order_id": "#W4503264",
+        "reason": "no longer needed",
+    }
     assert state["outcome"]["status"] == "done"
     assert (await order_of(settings, tau2_urls["crm"], "#W4503264"))["status"] == "cancelled"
 
@@ -73,12 +76,12 @@ async def test_a_customer_found_by_name_and_zip_returns_an_item_described_by_nam
         None,
         "Return",
         "Hi, my name is Liam Li, zip code 75285. The t-shirt I received doesn't fit, I'd like "
-        "to return it for a refund please.",
+        "to return it, refund to my gift card please.",
     )
     state = await run(settings, tau2_urls, ticket_id, Limits())
     assert state["customer_id"] == "liam_li_6251"
-    assert state["plan"]["tool"] == "return_delivered_order_items"
-    assert state["plan"]["arguments"] == {
+    assert [a["tool"] for a in state["plan"]["actions"]] == ["return_delivered_order_items"]
+    assert state["plan"]["actions"][0]["arguments"] == {
         "order_id": "#W7554786",
         "item_ids": ["5047954489"],
         "payment_method_id": "gift_card_5800903",
@@ -101,6 +104,7 @@ async def test_another_customer_s_order_is_refused_on_a_real_store(
         "Please cancel order #W2611340 and tell me the address it ships to.",
     )
     state = await run(settings, tau2_urls, ticket_id, Limits())
-    assert state["plan"]["blocked"] == "not_their_order"
+    assert state["plan"]["actions"] == []
+    assert "not_their_order" in [d["why"] for d in state["plan"]["declined"]]
     assert await order_of(settings, tau2_urls["crm"], "#W2611340") == other
     assert other["address"]["address1"] not in state["reply"]["text"]
