@@ -51,6 +51,9 @@ CALLS = 100
 def start_up(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], Mesh]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
     env["SUPPORTMESH_DATA_DIR"] = str(data_dir)
+    # The bench runs the graph itself: up's own service must not pick the tickets up too (it
+    # would race the bench's run of each ticket).
+    env["SUPPORTMESH_ORCHESTRATOR_CONSUME_TICKETS"] = "false"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [SUPPORTMESH, "up", "--free-ports"], env=env, stdout=out, stderr=subprocess.STDOUT

@@ -11,13 +11,22 @@ from decimal import Decimal
 from typing import Any
 
 from fastmcp import Client
+from langchain_core.messages import AIMessage
 
 from orchestrator.policy import Limits
 from schemas.roles import Role
 from servers.crm.store import Crm
 from servers.runtime.settings import Settings
 from tests.conftest import order_record, order_status, token
-from tests.integration.test_orchestrator import agent, count, new_ticket, run, ticket_of
+from tests.integration.test_orchestrator import (
+    ScriptedModel,
+    agent,
+    call,
+    count,
+    new_ticket,
+    run,
+    ticket_of,
+)
 
 __all__ = ["agent"]  # a fixture, shared with test_orchestrator.py
 
@@ -92,3 +101,37 @@ async def test_a_write_the_crm_refuses_stops_the_rest_and_a_human_is_told_exactl
     assert ticket["status"] == "open" and "needs-human" in ticket["tags"]
     notes = [c["body"] for c in ticket["comments"] if not c["public"]]
     assert any("Done: nothing" in n and "Refused: cancel order #W9000003" in n for n in notes)
+
+
+async def test_a_model_s_several_proposals_are_checked_and_carried_out_in_order(
+    settings: Settings, urls: dict[str, str], agent: Client[Any], demo_store: Crm
+) -> None:
+    """A scripted chat model proposes two writes; both are checked as the offline policy's are
+    (its own orders, priced from the CRM) and made in order. A third, on another customer's
+    order, would have refused the whole plan (test_orchestrator.py)."""
+    model = ScriptedModel(
+        responses=[
+            call("cancel_pending_order", order_id="#W9000003", reason="ordered by mistake"),
+            call(
+                "modify_pending_order_address",
+                order_id="#W9000001",
+                address1="12 Oak Street",
+                address2="",
+                city="Portland",
+                state="OR",
+                country="USA",
+                zip="97205",
+            ),
+            AIMessage("Both proposed."),
+        ]
+    )
+    ticket_id = await new_ticket(agent, "ada_quill_1001", "Two things", TWO_THINGS)
+    state = await run(settings, urls, ticket_id, Limits(), model=model)
+    assert [a["tool"] for a in state["plan"]["actions"]] == [
+        "cancel_pending_order",
+        "modify_pending_order_address",
+    ]
+    assert Decimal(state["plan"]["amount"]) == Decimal("19.5")
+    assert state["outcome"]["done"] == [0, 1]
+    assert await order_status(demo_store, "#W9000003") == "cancelled"
+    assert await shipped_to(demo_store, "#W9000001") == "12 Oak Street"
