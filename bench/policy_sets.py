@@ -5,7 +5,7 @@
 For each set of ``tests/data`` (``tests/policy_sets.py``; the tau2 sets need the shared data):
 tickets, exact, wrong writes and missed writes per class. Then the cost of deciding, per
 ticket, without I/O: ``policy.plan`` (find, check, decide) in milliseconds, p50 / p90 / max, and
-as a ratio of ``policy.triage`` on the same ticket in the same run (the step every policy has
+as a ratio of ``triage.classify`` on the same ticket in the same run (the step every policy has
 had); and the CRM look-ups the graph makes for it: ``find_customer`` calls (candidates of the
 message) and ``get_product`` calls (products of the customer's orders and those named).
 """
@@ -16,6 +16,7 @@ import time
 
 from orchestrator import policy
 from orchestrator.finding import identity_lookups
+from orchestrator.triage import classify
 from tests.policy_sets import SETS, run, store_for, table, tickets
 
 
@@ -54,7 +55,7 @@ def main() -> None:
             fetched.append(len(wanted))
             for _ in range(rounds):
                 started = time.perf_counter()
-                found = policy.triage(text)
+                found = classify(text)
                 triaged = time.perf_counter()
                 policy.plan(found, text, customer, orders, products, policy.Limits())
                 sort_out.append(triaged - started)

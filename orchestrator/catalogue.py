@@ -347,13 +347,19 @@ def _near_misses(lowered: str, value: str) -> list[tuple[int, int]]:
 
 # --- steps along an option ---------------------------------------------------------------------
 
+# Options a customer steps along, by the words they use for them.
+STEP_OPTIONS = (
+    r"screen size|weight range|battery life|piece count|size|capacity|length|height|storage|"
+    r"screen|weight|thickness|diameter|pressure|resolution|zoom|pieces|ram|memory|range"
+)
 STEP = re.compile(
-    r"\b(?:(?:one|a|1)\s+)?(?:(size|capacity|length|height|storage|screen)\s+)?"
+    rf"\b(?:(?:one|a|1)\s+)?(?:({STEP_OPTIONS})\s+)?"
     r"(up|down|bigger|larger|smaller|higher|lower|longer|shorter|more|less)\b"
-    r"(?:\s+(?:in\s+)?(size|capacity|length|height|storage|screen size|screen|one|version))?"
-    r"|\bnext\s+(size|capacity|length|height)\s+(up|down)(?:\s+in\s+(capacity|length|height|storage))?"
-    r"|\bnext\s+(bigger|larger|smaller|higher|lower)\s*(size|capacity|one)?"
-    r"|\b(bigger|larger|smaller|higher|lower|longer|shorter)\s+(size|capacity|one|version|model)",
+    rf"(?:\s+(?:in|on|of)?\s*(?:the\s+)?({STEP_OPTIONS}|one|version))?"
+    rf"|\bnext\s+({STEP_OPTIONS})\s+(up|down)(?:\s+(?:in|on)\s+({STEP_OPTIONS}))?"
+    rf"|\bnext\s+(bigger|larger|smaller|higher|lower)\s*({STEP_OPTIONS}|one)?"
+    rf"|\b(bigger|larger|smaller|higher|lower|longer|shorter)\s+({STEP_OPTIONS}|one|version|model)"
+    rf"|\b(?:one\s+|a\s+)?step\s+(up|down)(?:\s+(?:in|on)\s+({STEP_OPTIONS}))?",
     re.I,
 )
 UP = {"up", "bigger", "larger", "higher", "longer", "more"}
@@ -373,10 +379,7 @@ def step_spans(text: str) -> list[StepSpan]:
         said = match.group(0)
         if re.fullmatch(r"(?:up|down|more|less)", said.strip()):
             continue  # "up" alone is no step ("pick it up", "more than")
-        named = [
-            w for w in words
-            if w in {"size", "capacity", "length", "height", "storage", "screen", "screen size"}
-        ]  # fmt: skip
+        named = [w for w in words if re.fullmatch(STEP_OPTIONS, w)]
         option = named[-1] if named else None  # "next size up in capacity": capacity
         if direction in {"more", "less"} and option is None:
             continue
@@ -390,6 +393,8 @@ def _magnitude(value: str) -> Decimal | None:
         return Decimal(SIZE_LETTERS.index(lowered))
     if lowered in WORD_SIZES:
         return Decimal(WORD_SIZES.index(lowered))
+    if re.fullmatch(r"a\d", lowered):  # paper: A4 is bigger than A5
+        return -Decimal(lowered[1])
     number = re.match(r"(\d+(?:\.\d+)?)", lowered)
     if number is None:
         return None
@@ -427,7 +432,7 @@ def step_option(product: Mapping[str, Any], words: str | None) -> str | None:
     options = {str(k) for v in product["variants"].values() for k in v["options"]}
     ordered = [o for o in sorted(options) if ordered_values(product, o) is not None]
     if words and words not in ("one", "version"):
-        named = [o for o in ordered if words in o or o in words]
+        named = [o for o in ordered if words in o.lower() or o.lower() in words]
         if len(named) == 1:
             return named[0]
         if words == "size":

@@ -29,15 +29,16 @@ KEEP = re.compile(
     r"|\bare fine\b|\bexcept\b|\bbut not\b|\bother than\b|\bapart from\b|\bbesides\b",
 )
 ALL_ITEMS = re.compile(
-    r"\b(?:everything|all (?:of )?(?:the |my )?(?:items|things|of it|stuff)|(?:the )?whole "
+    r"\b(?:everything(?! else)|all (?:of )?(?:the |my )?(?:items|things|of it|stuff)"
+    r"|(?:the )?whole "
     r"(?:order|thing)|(?:the )?entire order|all of it|all of them|any of it|both items)\b"
 )
 ALL_ORDERS = re.compile(
     r"\b(?:all|every|each)(?: of)?(?: my| the)?(?: (?:pending|open|current|outstanding|"
     r"unshipped))? orders?\b|\bboth(?: of)?(?: my| the| those| these)?(?: (?:pending|open))?"
     r" orders\b|\bboth of (?:them|those)\b|\b(?:my|the) (?:pending|open) orders\b"
-    r"|\b(?:anything|everything|whatever|all) (?:that )?(?:hasn'?t|has not|not yet|isn'?t) "
-    r"(?:shipped|sent|delivered)"
+    r"|\b(?:anything|everything|whatever|all)(?: \w+'?\w*){0,4}? (?:that )?(?:hasn'?t|has not|"
+    r"not yet|isn'?t|haven'?t) (?:yet )?(?:shipped|sent|delivered|been shipped)"
 )
 # Of several items, the one a price comparison picks: "the one that cost more", "whichever was
 # cheaper". Not "I found a cheaper one elsewhere".
@@ -120,7 +121,11 @@ def choose_orders(
     described: list[Order] | None = None
     skip = [*skip, *_set_apart(text, request)]
     for span in request.levels[:3]:
-        mentioned = _products_in(text, span, names, skip)
+        mentioned = [  # not those said to stay ("the other order with the hose should stay")
+            s
+            for s in _products_in(text, span, names, skip)
+            if not _said_to_stay(lowered, s, request)
+        ]
         if mentioned:
             wanted = [s.names for s in mentioned]
             holding_all = [o for o in orders if all(_holds(o, n) for n in wanted)]
@@ -235,14 +240,31 @@ def _in_state(found: list[Order], statuses: Sequence[str], several: bool) -> Fou
 def _kept(lowered: str, span: catalogue.ProductSpan, request: Request) -> bool:
     """Whether the words around a product say it is kept ("I'm keeping the kettle"), or that
     it only tells which order is meant ("from my order with the air purifier")."""
-    if re.search(
-        r"\b(?:order|one|delivery|shipment|package)(?: that)?(?: also)? (?:with|has|had|holds|"
-        r"contains|containing|including|includes|holding)\s+(?:in it )?(?:the |a |an |my |two |"
-        r"both )?(?:(?!(?:can|could|would|please|change|exchange|swap|return|cancel|send|i|you)\b)"
-        r"[\w-]+,? (?:and |\+ |& )?(?:the |a |an )?){0,6}$",
-        lowered[max(0, span.start - 80) : span.start],
+    return _names_the_order(lowered, span) or _said_to_stay(lowered, span, request)
+
+
+def _names_the_order(lowered: str, span: catalogue.ProductSpan) -> bool:
+    """Whether a product is named to say which order is meant ("the order with the air
+    purifier", "my delivered order (espresso machine, office chair etc)")."""
+    opened = lowered.rfind("(", 0, span.start)
+    if opened > lowered.rfind(")", 0, span.start) and re.search(
+        r"\b(?:order|delivery|shipment|package)\s*(?:#?w\d{7}\s*)?$", lowered[:opened]
     ):
-        return True
+        return True  # "my delivered order (espresso machine, office chair etc)"
+    return bool(
+        re.search(
+            r"\b(?:order|one|delivery|shipment|package)(?: that)?(?: also)? (?:with|has|had|holds|"
+            r"contains|containing|including|includes|holding)\s+(?:in it )?(?:the |a |an |my |two |"
+            r"both )?(?:(?!(?:can|could|would|please|change|exchange|swap|return|cancel|send|i|"
+            r"you)\b)[\w-]+,? (?:and |\+ |& )?(?:the |a |an )?){0,6}$",
+            lowered[max(0, span.start - 80) : span.start],
+        )
+    )
+
+
+def _said_to_stay(lowered: str, span: catalogue.ProductSpan, request: Request) -> bool:
+    """Whether the words around a product say it stays as it is ("I'm keeping the kettle",
+    "the other order with the hose should stay")."""
     start = max(lowered.rfind(m, 0, span.start) for m in (".", "!", "?", "\n", ";", " - ")) + 1
     end = min((i for i in (lowered.find(m, span.end) for m in (".", "!", "?", "\n")) if i >= 0),
               default=len(lowered))  # fmt: skip
@@ -288,6 +310,7 @@ def choose_items(
     the ones its words describe), or every item for "everything", or the only item."""
     lowered = folded(text)
     names = sorted({i["name"] for i in order["items"]})
+    mentioned: list[catalogue.ProductSpan] = []
     for span in request.levels[:3]:
         mentioned = [
             s
@@ -296,19 +319,16 @@ def choose_items(
         ]
         if mentioned:
             break
-    else:
-        mentioned = []
     scope = text_of(lowered, request.levels[1])
+    if ALL_ITEMS.search(scope) or (not mentioned and len(order["items"]) == 1):
+        # Every line ("everything except the laptop"; two identical bottles are two lines).
+        kept = [
+            s for s in _products_in(text, request.levels[2], names) if _kept(lowered, s, request)
+        ]
+        return Found(
+            [i for i in order["items"] if not any(i["name"].lower() in k.names for k in kept)]
+        )
     if not mentioned:
-        if ALL_ITEMS.search(scope) or len(order["items"]) == 1:
-            kept = [
-                s
-                for s in _products_in(text, request.levels[2], names)
-                if _kept(lowered, s, request)
-            ]
-            return Found(
-                [i for i in order["items"] if not any(i["name"].lower() in k.names for k in kept)]
-            )
         return Found(why="which_items")
     chosen: list[Item] = []
     for mention in mentioned:
@@ -322,7 +342,7 @@ def choose_items(
             if len(narrowed) != 1 and not (plural and len(narrowed) == len(same)):
                 return Found(why="which_items")
             same = narrowed
-        chosen.extend(i for i in same if i not in chosen)
+        chosen.extend(i for i in same if not any(i is c for c in chosen))
     return Found(chosen)
 
 
@@ -632,10 +652,18 @@ def named_methods(words: str, customer: Mapping[str, Any], aimed: bool = False) 
                     r"\b(?:instead of|rather than|not|than)\s+(?:my |the |on |with |to )*$", before
                 ):
                     continue
-                if aimed and not re.search(
-                    r"\b(?:to|onto|on|into|with|via|using|use)\s+(?:my |the |your |a )?$", before
+                if aimed and (
+                    not re.search(
+                        r"\b(?:to|onto|on|into|with|via|using|use)\s+(?:my |the |your |a )?$",
+                        before,
+                    )
+                    or re.search(
+                        r"\b(?:paid|bought|purchased|ordered|was)\s+\w*\s*(?:with|on|via)\s+"
+                        r"(?:my |the )?$",
+                        before,
+                    )
                 ):
-                    continue
+                    continue  # "I paid with PayPal" says where money came from, not where it goes
                 found.append((match.start(), method_id))
     by_digits = {
         m
@@ -696,12 +724,27 @@ def payment_for(
             if len(aimed) == 1:
                 return Found(aimed)
             gift = [m for m in named if m.startswith("gift_card")]
-            if about == "refund_method" and original and original_method(order) in named:
-                return Found([original_method(order)])
             if len(gift) == 1 and GIFT_CARD.search(folded(words)) and about == "refund_method":
                 return Found(gift)
             return Found(why=about)
     return Found(why=about)
+
+
+# The account's address named as where an order goes: "send it to my home address that's on
+# my account". Not "update the address on my profile" (that one is being changed).
+PROFILE_ADDRESS = re.compile(
+    r"\bto (?:my |the |our )?(?:home|default|usual|permanent|regular|main|profile|account) "
+    r"address\b|\bto (?:the |my )?address (?:on|in) (?:my )?(?:profile|account|file)\b"
+    r"|\bto (?:the )?address (?:that'?s|that is) on my\b|\bto my (?:profile|account)'?s? address"
+    r"|\bto (?:my )?home\b(?! [a-z]+ \d)"
+)
+ORDER_ADDRESS = re.compile(
+    r"\bsame (?:address|place)(?: as| that)?\b([^.!?\n]{0,80})|\b(?:address|place|where)\b"
+    r"[^.!?\n]{0,40}\b(?:was|were|got|get) (?:delivered|shipped|sent)\b|\b(?:the place|the "
+    r"address) (?:in \w+ )?where\b([^.!?\n]{0,80})"
+    r"|\b(?:was|were|got|get) (?:delivered|shipped|sent) to (?:my|our|the) (?:\w+ )?(?:place|"
+    r"address|house|apartment|flat|home|office)\b"
+)
 
 
 def address_for(
@@ -711,47 +754,51 @@ def address_for(
     orders: Sequence[Order],
     for_profile: bool = False,
 ) -> tuple[dict[str, str] | None, list[tuple[int, int]]]:
-    """The address the request gives (the nearest words first), or one it names by reference
-    ("the same address as my luggage order", "my home address on my profile", "where my last
-    order was delivered"); and the stretches of text that describe a referenced order."""
+    """The address the request gives, or one it names by reference ("the same address as my
+    luggage order", "my home address on my profile", "where my last order was delivered"),
+    nearest words first: a reference in the request's sentence wins over an address further
+    off (a forwarded confirmation's "Ship to: …" is the old one). Also the stretches of text
+    that describe a referenced order."""
     lowered = folded(text)
-    for span in request.levels[:3]:
-        found = address_in(text_of(text, span), text_of(text, request.levels[2]))
+    for level in request.levels[:3]:
+        found = address_in(text_of(text, level), text_of(text, request.levels[2]))
         if found is not None:
             return found, []
-    reference = None
-    for level in request.levels[1:3]:
-        scope, offset = text_of(lowered, level), level[0]
-        reference = re.search(
-            r"\bsame (?:address|place)(?: as| that)?\b([^.!?\n]{0,80})|\b(?:address|place|where)\b"
-            r"[^.!?\n]{0,40}\b(?:was|were|got|get) (?:delivered|shipped|sent)\b|\b(?:the place|the "
-            r"address) (?:in \w+ )?where\b([^.!?\n]{0,80})",
-            scope,
-        )
+        reference = ORDER_ADDRESS.search(text_of(lowered, level))
         if reference is not None:
-            break
-    if reference is not None:
-        stretch = (offset + reference.start(), offset + reference.end())
-        words = text[stretch[0] : stretch[1] + 30]
-        ids = [i for i in _ids_in(words, (0, len(words)))]
-        names = sorted({i["name"] for o in orders for i in o["items"]})
-        mentioned = catalogue.product_spans(words, names)
-        picked = [o for o in orders if o["order_id"] in ids] or [
-            o for o in orders if mentioned and all(_holds(o, m.names) for m in mentioned)
-        ]
-        if not picked and not ids and not mentioned:
-            cities = [o for o in orders if o["address"]["city"].lower() in scope]
-            picked = cities if len({o["address"]["address1"] for o in cities}) == 1 else []
-            if not picked and len(orders) == 1:
-                picked = list(orders)
-        if len({o["address"]["address1"] for o in picked}) == 1:
-            return {k: str(v) for k, v in picked[0]["address"].items()}, [stretch]
-        return None, [stretch]
-    if not for_profile and re.search(
-        r"\b(?:home|default|usual|permanent|regular|main) address\b"
-        r"|\baddress (?:on|in) (?:my )?(?:profile|account|file)\b"
-        r"|\baddress (?:that'?s|that is) on my\b|\bmy (?:profile|account) address",
-        text_of(lowered, request.levels[2]),
-    ):
-        return {k: str(v) for k, v in customer["address"].items()}, []
+            stretch = (level[0] + reference.start(), level[0] + reference.end())
+            return _referenced_address(text, lowered, stretch, level, orders), [stretch]
+        if not for_profile and PROFILE_ADDRESS.search(text_of(lowered, level)):
+            return {k: str(v) for k, v in customer["address"].items()}, []
     return None, []
+
+
+def _referenced_address(
+    text: str,
+    lowered: str,
+    stretch: tuple[int, int],
+    level: tuple[int, int],
+    orders: Sequence[Order],
+) -> dict[str, str] | None:
+    """The shipping address of the one order a reference names (by id, by what it holds, by
+    its city, or the customer's only order), else None."""
+    words = text[stretch[0] : stretch[1] + 30]
+    ids = _ids_in(words, (0, len(words)))
+    names = sorted({i["name"] for o in orders for i in o["items"]})
+    mentioned = catalogue.product_spans(words, names)
+    if not ids and not mentioned:  # "my order with the tablet ... got shipped to my Chicago place"
+        words = text[max(level[0], stretch[0] - 120) : stretch[0]]
+        ids = _ids_in(words, (0, len(words)))
+        mentioned = catalogue.product_spans(words, names)
+    picked = [o for o in orders if o["order_id"] in ids] or [
+        o for o in orders if mentioned and all(_holds(o, m.names) for m in mentioned)
+    ]
+    if not picked and not ids and not mentioned:
+        scope = text_of(lowered, level)
+        cities = [o for o in orders if o["address"]["city"].lower() in scope]
+        picked = cities if len({o["address"]["address1"] for o in cities}) == 1 else []
+        if not picked and len(orders) == 1:
+            picked = list(orders)
+    if len({o["address"]["address1"] for o in picked}) == 1:
+        return {k: str(v) for k, v in picked[0]["address"].items()}
+    return None

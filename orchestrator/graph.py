@@ -39,6 +39,7 @@ from orchestrator.state import (
     TicketState,
 )
 from orchestrator.tracing import traced
+from orchestrator.triage import Triage, classify
 from servers.runtime.keys import joined_key
 
 MAX_DRAFTS = 2  # replies quality may send back to solution before a human takes the ticket
@@ -90,7 +91,7 @@ async def intake(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, 
 async def triage(state: TicketState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Intent, priority and sentiment; who the customer is when the ticket does not say."""
     calls = runtime.context.mesh.calls("find_customer")
-    found = policy.triage(state["text"])
+    found = classify(state["text"])
     customer_id = state.get("customer_id")
     how = "the ticket"
     if customer_id is None:
@@ -274,7 +275,7 @@ async def solution(state: TicketState, runtime: Runtime[RunContext]) -> dict[str
     """The writes the policy calls for (decided once per ticket) and the reply, drafted from
     the evidence and from what has happened so far (approval, writes)."""
     calls = runtime.context.mesh.calls("get_customer")
-    found = policy.Triage.from_state(state["triage"])
+    found = Triage.from_state(state["triage"])
     orders = orders_found(state)
     planned = state.get("plan")
     customer: dict[str, Any] | None = None

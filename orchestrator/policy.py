@@ -28,49 +28,17 @@ from typing import Any
 
 from orchestrator import catalogue, choosing, reading
 from orchestrator.choosing import PENDING, Found, original_method
-from orchestrator.finding import emails, order_ids
+from orchestrator.finding import order_ids
+from orchestrator.replies import (
+    address_text,
+    item_text,
+    items_text,
+    method_label,
+    order_fact,
+    product_fact,
+)
+from orchestrator.triage import INTENT_OF, Triage
 
-# Intent cues for what asks for no write, as regular expressions over the lower-cased text.
-QUESTIONS: dict[str, str] = {
-    "order_status": r"\bwhere(?:'s| is) my|\bstatus\b|\btrack\w*|\bhas(?:n'?t| not) (?:arrived|"
-    r"shipped|come)|\bwhen will\b|\bnot (?:yet )?(?:arrived|received)|\bstill waiting"
-    r"|\bwhat'?s happening|\bany update|\bhaven'?t heard|\bhas (?:it|my \w+|the \w+)(?: \w+)?"
-    r" (?:shipped|arrived)|\bdid (?:it|my \w+(?: \w+)?) (?:arrive|ship)|\bhow much did i pay",
-    "kb_question": r"\bhow (?:do|long|can|much|does|many)|\bwhat(?:'s| is| are) (?:your|the)|"
-    r"\bdo you\b|\bcan i\b|\bpolicy\b|\bis it possible|\bin stock\b",
-}
-INTENT_OF = {
-    "cancel": "cancel",
-    "return": "return",
-    "change_items": "exchange",
-    "order_address": "modify_address",
-    "profile_address": "update_profile_address",
-    "payment": "modify_payment",
-}
-ANGRY = re.compile(
-    r"\b(?:furious|ridiculous|unacceptable|worst|disgusting|scam|angry|livid|pathetic|"
-    r"incompetent|outrageous|useless|fed up|sick of|joke)\b|!!!",
-    re.I,
-)
-HANDOVER: dict[str, re.Pattern[str]] = {
-    "legal": re.compile(r"\b(?:lawyer|attorney|sue|suing|legal action|court|small claims)\b", re.I),
-    "chargeback": re.compile(r"\bcharge ?back|\bdispute (?:the|this) charge", re.I),
-    "safety": re.compile(
-        r"\b(?:injur\w*|burn(?:ed|t|s)?|caught fire|fire hazard|smok\w*|shock(?:ed)?|unsafe|"
-        r"hospital|hurt)\b",
-        re.I,
-    ),
-    "fraud": re.compile(
-        r"\b(?:fraud\w*|stolen|hacked|unauthori[sz]ed|did(?:n'?t| not) (?:place|make) (?:this|"
-        r"that|the) order)",
-        re.I,
-    ),
-}
-INJECTION = re.compile(
-    r"\b(?:ignore|disregard) (?:all |any |the )?(?:previous|prior|above|your)? ?"
-    r"(?:instructions|rules|policy)|\byou are now\b|\bsystem prompt\b",
-    re.I,
-)
 ACTIONABLE = tuple(INTENT_OF.values())
 REFUNDING = ("cancel_pending_order", "return_delivered_order_items")
 ITEM_TOOLS = ("exchange_delivered_order_items", "modify_pending_order_items")
@@ -88,101 +56,6 @@ class Limits:
     approval_threshold: Decimal = Decimal("250")  # a refund above this waits for a human
     vip_lifetime_spend: Decimal = Decimal("1500")  # customers who spent this much are VIPs
     approval_expires_seconds: int = 24 * 3600  # undecided this long: expired, no action
-
-
-CATEGORY = {
-    "order_status": "orders",
-    "cancel": "orders",
-    "modify_address": "orders",
-    "modify_payment": "orders",
-    "modify_items": "orders",
-    "return": "returns",
-    "exchange": "returns",
-    "update_profile_address": "account",
-    "kb_question": "question",
-    "complaint": "complaint",
-    "other": "other",
-}
-
-
-@dataclass
-class Triage:
-    intent: str
-    intents: list[str]  # every intent the message shows, first mentioned first
-    priority: str
-    sentiment: str
-    handover: str | None  # why a human must take it: legal, chargeback, safety, fraud, angry
-    order_ids: list[str]
-    emails: list[str]
-    injection: bool
-
-    def as_state(self) -> dict[str, Any]:
-        return {
-            "intent": self.intent,
-            "category": CATEGORY[self.intent],
-            "intents": self.intents,
-            "priority": self.priority,
-            "sentiment": self.sentiment,
-            "handover": self.handover,
-            "order_ids": self.order_ids,
-            "emails": self.emails,
-            "injection": self.injection,
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Triage":
-        return cls(**{k: v for k, v in state.items() if k != "category"})
-
-
-def triage(text: str) -> Triage:
-    """Intent, priority, sentiment and the entities of a customer's message."""
-    lowered = reading.folded(text)
-    asked = [INTENT_OF[r.intent] for r in reading.requests(text) if r.intent in INTENT_OF]
-    found: list[tuple[int, str]] = []
-    for intent, cue in QUESTIONS.items():
-        match = re.search(cue, lowered)
-        if match:
-            found.append((match.start(), intent))
-    questions = [i for _, i in sorted(found)]
-    intents = list(dict.fromkeys([*asked, *questions]))
-    if asked:
-        intent = asked[0]
-    elif "order_status" in questions:
-        intent = "order_status"
-    elif questions:
-        intent = questions[0]
-    else:
-        intent = "other"
-    angry = bool(ANGRY.search(text)) or _shouting(text)
-    handover = next((why for why, cue in HANDOVER.items() if cue.search(text)), None)
-    if handover is None and angry:
-        handover = "angry"
-    if (angry or handover) and intent == "other":
-        intent = "complaint"  # a threat of lawyers or a chargeback asks for nothing else
-    priority = (
-        "urgent"
-        if handover in ("legal", "safety", "fraud")
-        else "high"
-        if handover
-        else "low"
-        if intent in ("kb_question", "other")
-        else "normal"
-    )
-    return Triage(
-        intent=intent,
-        intents=intents,
-        priority=priority,
-        sentiment="angry" if angry else "neutral",
-        handover=handover,
-        order_ids=order_ids(text),
-        emails=emails(text),
-        injection=bool(INJECTION.search(text)),
-    )
-
-
-def _shouting(text: str) -> bool:
-    words = [w for w in re.findall(r"[A-Za-z]{3,}", text)]
-    return len(words) >= 6 and sum(w.isupper() for w in words) / len(words) > 0.3
 
 
 def identified(matches: Sequence[str | None]) -> tuple[str | None, str]:
@@ -284,29 +157,6 @@ def lifetime_spend(orders: list[dict[str, Any]]) -> Decimal:
     return sum(
         (Decimal(str(o["total"])) for o in orders if o["status"] != "cancelled"), Decimal("0")
     )
-
-
-def method_label(customer: Mapping[str, Any], method_id: str) -> str:
-    """A payment method as its owner knows it: "your PayPal", "your Visa ending 1234"."""
-    method = customer["payment_methods"].get(method_id, {})
-    source = method.get("source", method_id.rsplit("_", 1)[0])
-    if source == "paypal":
-        return "your PayPal"
-    if source == "gift_card":
-        return "your gift card"
-    brand = str(method.get("brand") or "card").title().replace("Mastercard", "Mastercard")
-    last_four = method.get("last_four")
-    return f"your {brand} ending {last_four}" if last_four else f"your {brand}"
-
-
-def _address_text(address: Mapping[str, Any]) -> str:
-    street = ", ".join(p for p in (address["address1"], address.get("address2")) if p)
-    return f"{street}, {address['city']}, {address['state']} {address['zip']}"
-
-
-def _item_text(item: Mapping[str, Any]) -> str:
-    options = ", ".join(str(v) for v in item["options"].values())
-    return f"{item['name']} ({options})" if options else str(item["name"])
 
 
 def plan(
@@ -512,7 +362,7 @@ class _Deciding:
                     "cancel_pending_order",
                     {"order_id": order["order_id"], "reason": reason},
                     order["order_id"],
-                    f"cancel order {order['order_id']} ({_items_text(order['items'])}), reason "
+                    f"cancel order {order['order_id']} ({items_text(order['items'])}), reason "
                     f"'{reason}'; ${refund:.2f} goes back to {where} {timing}; the order is "
                     "then cancelled",
                     refund,
@@ -552,7 +402,7 @@ class _Deciding:
                         "payment_method_id": method,
                     },
                     order["order_id"],
-                    f"return {_items_text(items.records)} from order {order['order_id']}; "
+                    f"return {items_text(items.records)} from order {order['order_id']}; "
                     f"${amount:.2f} goes back to {method_label(self.customer, method)}, and you "
                     "will get an email on how to send the items back; the order's status is "
                     "then 'return requested'",
@@ -604,7 +454,7 @@ class _Deciding:
                 continue
             delivered = order["status"] == "delivered"
             changes = "; ".join(
-                f"{_item_text(i)} to {_item_text({**i, 'options': variants[n]['options']})}"
+                f"{item_text(i)} to {item_text({**i, 'options': variants[n]['options']})}"
                 for i, n in zip(items.records, new.records, strict=True)
             )
             money = (
@@ -646,7 +496,7 @@ class _Deciding:
                     "modify_pending_order_address",
                     {"order_id": order["order_id"], **address},
                     order["order_id"],
-                    f"ship order {order['order_id']} to {_address_text(address)} (the order "
+                    f"ship order {order['order_id']} to {address_text(address)} (the order "
                     f"stays {order['status']})",
                 )
             )
@@ -663,7 +513,7 @@ class _Deciding:
                 "update_customer_address",
                 {"customer_id": self.customer["customer_id"], **address},
                 None,
-                f"change the address on your account to {_address_text(address)}",
+                f"change the address on your account to {address_text(address)}",
             )
         )
         sentence = reading.folded(choosing.text_of(self.text, request.levels[1]))
@@ -911,40 +761,3 @@ def _paid(order: dict[str, Any]) -> Decimal:
         sign = 1 if entry["transaction_type"] == "payment" else -1
         total += sign * Decimal(str(entry["amount"]))
     return total
-
-
-def _items_text(items: Sequence[Mapping[str, Any]]) -> str:
-    return ", ".join(_item_text(i) for i in items)
-
-
-def order_fact(order: dict[str, Any]) -> str:
-    items = ", ".join(f"{_item_text(i)} at ${Decimal(str(i['price'])):.2f}" for i in order["items"])
-    tracking = [t for f in order.get("fulfillments", []) for t in f.get("tracking_id", [])]
-    fact = f"Order {order['order_id']} is {order['status']}: {items}."
-    if "total" in order:
-        fact += f" Its total was ${Decimal(str(order['total'])):.2f}."
-    if tracking:
-        fact += f" Tracking number: {tracking[0]}."
-    return fact
-
-
-def product_fact(product: Mapping[str, Any]) -> str:
-    """What the store has of a product: how many variants are in stock, and their options."""
-    variants = list(product["variants"].values())
-    available = [v for v in variants if v["available"]]
-    options: dict[str, list[str]] = {}
-    for variant in available:
-        for option, value in variant["options"].items():
-            options.setdefault(option, [])
-            if str(value) not in options[option]:
-                options[option].append(str(value))
-    described = "; ".join(f"{k}: {', '.join(v)}" for k, v in options.items())
-    every: dict[str, set[str]] = {}
-    for variant in variants:
-        for option, value in variant["options"].items():
-            every.setdefault(option, set()).add(str(value))
-    ranges = ", ".join(f"{len(v)} {k} options" for k, v in every.items())
-    return (
-        f"The {product['name']} comes in {len(variants)} variants ({ranges}); "
-        f"{len(available)} of them are in stock now ({described})."
-    )

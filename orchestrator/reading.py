@@ -26,6 +26,8 @@ INTENTS: dict[str, str] = {
     r"|\bchange\b|\bmake (?:it|them|that|the|this|my)\b|\bupgrade\b|\bdowngrade\b"
     r"|\b(?:i'd|i would) rather have\b|\bget (?:it|them|one) in\b|\binstead of\b"
     r"|\bget (?:it|them|one|this|these) (?:in )?(?:one|a|the) (?:size|colou?r|capacity|version)"
+    r"|\b(?:should|could|can|would|to) be (?:one|a|the) (?:size|step) (?:bigger|smaller|larger|up|"
+    r"down)\b|\bgo (?:one|a) (?:step|size) (?:up|down)\b"
     r"|\b(?:different|another|other) (?:size|colou?r|one|model|version)\b|\bmodify\b"
     r"|\bupdate (?:the|my) \w+ (?:to|for)\b|\bconvert\b|\bput me down for\b",
     "order_address": r"\b(?:ship|send|deliver|redirect|forward)\w* (?:[\w#'/+()&-]+ ){0,12}?to\b"
@@ -42,8 +44,9 @@ INTENTS: dict[str, str] = {
     r"|\b(?:default|account|profile) address\b[^.!?\n]{0,30}\b(?:changed|updated|to be)\b"
     r"|\bmake (?:that|this|it|the \w+) (?:address )?(?:the |my )?default\b"
     r"|\b(?:new|updated|current) ad+ress (?:for|on|in) (?:my )?(?:profile|account)\b"
-    r"|\b(?:put|add|save|set|use) (?:it|that|this|them)? ?(?:on|in|as|for) (?:my )?(?:profile|"
-    r"account|default)\b|\bupdate (?:it|this|that|my address|the address) everywhere\b",
+    r"|\b(?:put|add|save|set|use|update|change) (?:it|that|this|them)? ?(?:on|in|as|for) (?:my )?"
+    r"(?:profile|account|default)\b|\bupdate (?:it|this|that|my address|the address) everywhere\b"
+    r"|\bmake (?:that|this|it|the)(?: \w+){0,2} (?:address )?(?:the |my )?default\b",
     "payment": r"\bpay (?:for [^.?!\n]{0,40}? )?(?:with|using|by|via|on)\b"
     r"|\bcharge (?:it|this|that|the|my)\b[^.?!\n]{0,80}? (?:to|on) (?:my|the)\b"
     r"|\b(?:instead of|rather than|not) (?:on |with |to )?(?:my |the )?(?:visa|pay ?pal|"
@@ -87,6 +90,13 @@ FALLBACK = re.compile(
     r"|unavailable|out of stock|sold out)|\botherwise\b|\bif not\b|\bfailing that\b|\bor else\b"
     r"|\bsecond choice\b|\bas a (?:backup|fallback)\b|\bwill do\b|\bis fine\b|\bworks too\b",
     re.I,
+)
+
+
+QUOTED = re.compile(
+    r"^-{2,}\s*(?:forwarded|original) message|^from: .*\n(?:sent|date|to|subject): |^on .{5,80} "
+    r"wrote:\s*$|^>",
+    re.I | re.M,
 )
 
 
@@ -168,7 +178,10 @@ def requests(text: str) -> list[Request]:
     found: list[Request] = []
     parts = sentences(text)
     asked_in: dict[int, list[tuple[str, int, tuple[int, int]]]] = {}
+    quoted = QUOTED.search(text)  # a forwarded or quoted message asks nothing of us
     for number, sentence in enumerate(parts):
+        if quoted and sentence.start >= quoted.start():
+            break
         for clause in sentence.clauses:
             seen: set[str] = set()
             for intent, cue in INTENTS.items():

@@ -14,6 +14,7 @@ numbers are not the customer's).
 
 import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from orchestrator.finding import EMAIL, ORDER_ID
@@ -208,3 +209,66 @@ def check_reply(
     if list(reply.get("claims", [])) != taken:
         problems.append(f"claims {reply.get('claims')!r} but the writes made were {taken!r}")
     return problems
+
+
+# --- facts and names, as the customer reads them -------------------------------------------
+
+
+def method_label(customer: Mapping[str, Any], method_id: str) -> str:
+    """A payment method as its owner knows it: "your PayPal", "your Visa ending 1234"."""
+    method = customer["payment_methods"].get(method_id, {})
+    source = method.get("source", method_id.rsplit("_", 1)[0])
+    if source == "paypal":
+        return "your PayPal"
+    if source == "gift_card":
+        return "your gift card"
+    brand = str(method.get("brand") or "card").title().replace("Mastercard", "Mastercard")
+    last_four = method.get("last_four")
+    return f"your {brand} ending {last_four}" if last_four else f"your {brand}"
+
+
+def address_text(address: Mapping[str, Any]) -> str:
+    street = ", ".join(p for p in (address["address1"], address.get("address2")) if p)
+    return f"{street}, {address['city']}, {address['state']} {address['zip']}"
+
+
+def item_text(item: Mapping[str, Any]) -> str:
+    options = ", ".join(str(v) for v in item["options"].values())
+    return f"{item['name']} ({options})" if options else str(item["name"])
+
+
+def items_text(items: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(item_text(i) for i in items)
+
+
+def order_fact(order: dict[str, Any]) -> str:
+    items = ", ".join(f"{item_text(i)} at ${Decimal(str(i['price'])):.2f}" for i in order["items"])
+    tracking = [t for f in order.get("fulfillments", []) for t in f.get("tracking_id", [])]
+    fact = f"Order {order['order_id']} is {order['status']}: {items}."
+    if "total" in order:
+        fact += f" Its total was ${Decimal(str(order['total'])):.2f}."
+    if tracking:
+        fact += f" Tracking number: {tracking[0]}."
+    return fact
+
+
+def product_fact(product: Mapping[str, Any]) -> str:
+    """What the store has of a product: how many variants are in stock, and their options."""
+    variants = list(product["variants"].values())
+    available = [v for v in variants if v["available"]]
+    options: dict[str, list[str]] = {}
+    for variant in available:
+        for option, value in variant["options"].items():
+            options.setdefault(option, [])
+            if str(value) not in options[option]:
+                options[option].append(str(value))
+    described = "; ".join(f"{k}: {', '.join(v)}" for k, v in options.items())
+    every: dict[str, set[str]] = {}
+    for variant in variants:
+        for option, value in variant["options"].items():
+            every.setdefault(option, set()).add(str(value))
+    ranges = ", ".join(f"{len(v)} {k} options" for k, v in every.items())
+    return (
+        f"The {product['name']} comes in {len(variants)} variants ({ranges}); "
+        f"{len(available)} of them are in stock now ({described})."
+    )

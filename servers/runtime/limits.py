@@ -81,10 +81,13 @@ def _parse_constant(_: str) -> _Unreadable:
 
 def field_name(name: str | int) -> str:
     """A field's name as an error may print it: escaped unless it is printable and not blank
-    (a key of NUL, a lone surrogate or a line break), cut short past 40 characters."""
+    (a key of NUL, a lone surrogate or a line break), quoted when spaces begin or end it, cut
+    short past 40 characters."""
     text = str(name)
-    if not text.strip() or not text.isprintable() or _text_problem(text) is not None:
-        text = ascii(text)[1:-1] or "''"
+    if not text.strip() or text != text.strip():
+        return ascii(text)  # quoted: a blank name, or spaces around one, must show: "' 0'"
+    if not text.isprintable() or _text_problem(text) is not None:
+        text = ascii(text)[1:-1]
     return text if len(text) <= 40 else text[:40] + "..."
 
 
