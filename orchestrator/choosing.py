@@ -744,6 +744,8 @@ ORDER_ADDRESS = re.compile(
     r"address) (?:in \w+ )?where\b([^.!?\n]{0,80})"
     r"|\b(?:was|were|got|get) (?:delivered|shipped|sent) to (?:my|our|the) (?:\w+ )?(?:place|"
     r"address|house|apartment|flat|home|office)\b"
+    r"|\b(?:address|place)\b[^.!?\n]{0,60}\b(?:is|are) (?:going|headed|being shipped|shipping|"
+    r"being sent)\b"
 )
 
 

@@ -126,7 +126,8 @@ NOT_NAMES = frozenset(
 )
 # What introduces a name, whatever its case: "my name is jane doe", "this is Jane Doe".
 NAME_CUE = re.compile(
-    r"\b(?:my name(?:'s| is)|name(?:'s| is)|this is|i am|i'm|im|it'?s|me:|from:|signed,?)\s+",
+    r"\b(?:my name(?:'s| is)|name(?:'s| is)|this is|i am|i'm|im|it'?s|me:|from:|signed,?)\s+"
+    r"|(?:^|[.,;!?]\s*)name\s*:?\s+",
     re.I,
 )
 STATES = {

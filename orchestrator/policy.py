@@ -567,7 +567,9 @@ class _Deciding:
         own = {o["order_id"]: o for o in self.orders}
         named = [o for o in found.order_ids if o in own]
         # An order a write changes is told by that write; its state from before would be stale.
-        acted = {a.order_id for a in self.actions}
+        # A new payment method or address leaves its items and status as they are.
+        unchanged = ("modify_pending_order_payment", "modify_pending_order_address")
+        acted = {a.order_id for a in self.actions if a.tool not in unchanged}
         about = list(
             dict.fromkeys(
                 [*(o for o in [*named, *self.seen_orders] if o not in acted), *self.asked]
@@ -577,6 +579,9 @@ class _Deciding:
             about = _orders_described(self.text, self.orders) or (
                 list(own) if "order_status" in found.intents else []
             )
+        elif "order_status" in found.intents:
+            # "How much was the laptop order? Has the wall clock shipped?": each order asked about
+            about += [o for o in _orders_described(self.text, self.orders) if o not in about]
         lines = [order_fact(own[o]) for o in about if o in own]
         lowered = reading.folded(self.text)
         if RANGE_QUESTION.search(lowered):
@@ -639,9 +644,11 @@ def _other_product(
     for span in catalogue.product_spans(clause, names):
         if any(v.start < span.end and span.start < v.end for v in values):
             continue  # "the version with the laptop compartment": an option, not a laptop
-        before = words[max(0, span.start - 12) : span.start]
+        before = words[max(0, span.start - 30) : span.start]
+        # "for a pair of your sneakers", "into one of your desk lamps"
         if not span.names & own and re.search(
-            r"\b(?:for|to|into|with) (?:a|an|the|some)?\s*$", before
+            r"\b(?:for|to|into|with)\b(?: (?:a|an|the|some|one|pair|set|of|your|those|these))*\s*$",
+            before,
         ):
             return True
     return False

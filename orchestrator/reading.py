@@ -26,6 +26,7 @@ INTENTS: dict[str, str] = {
     r"|\bchange\b|\bmake (?:it|them|that|the|this|my)\b|\bupgrade\b|\bdowngrade\b"
     r"|\b(?:i'd|i would) rather have\b|\bget (?:it|them|one) in\b|\binstead of\b"
     r"|\bget (?:it|them|one|this|these) (?:in )?(?:one|a|the) (?:size|colou?r|capacity|version)"
+    r"|\b(?:i'd like|i would like|i want|want|like|prefer) (?:it|them|one|that) in\b"
     r"|\b(?:should|could|can|would|to) be (?:one|a|the) (?:size|step) (?:bigger|smaller|larger|up|"
     r"down)\b|\bgo (?:one|a) (?:step|size) (?:up|down)\b"
     r"|\b(?:different|another|other) (?:size|colou?r|one|model|version)\b|\bmodify\b"
@@ -46,7 +47,8 @@ INTENTS: dict[str, str] = {
     r"|\b(?:new|updated|current) ad+ress (?:for|on|in) (?:my )?(?:profile|account)\b"
     r"|\b(?:put|add|save|set|use|update|change) (?:it|that|this|them)? ?(?:on|in|as|for) (?:my )?"
     r"(?:profile|account|default)\b|\bupdate (?:it|this|that|my address|the address) everywhere\b"
-    r"|\bmake (?:that|this|it|the)(?: \w+){0,2} (?:address )?(?:the |my )?default\b",
+    r"|\bmake (?:that|this|it|the)(?: \w+){0,2} (?:address )?(?:the |my )?default\b"
+    r"|\bupdate (?:my |the )?(?:account|profile)\b",
     "payment": r"\bpay (?:for [^.?!\n]{0,40}? )?(?:with|using|by|via|on)\b"
     r"|\bcharge (?:it|this|that|the|my)\b[^.?!\n]{0,80}? (?:to|on) (?:my|the)\b"
     r"|\b(?:instead of|rather than|not) (?:on |with |to )?(?:my |the )?(?:visa|pay ?pal|"

@@ -38,13 +38,14 @@ class DemoDataMissing(LookupError):
     """The chosen set is not on this machine; the message says how to get it."""
 
 
-def demo_data(name: DemoSet, data_dir: Path) -> DemoData:
-    """The files of demo set ``name``; ``DemoDataMissing`` when tau2 was never fetched."""
+def demo_data(name: DemoSet, data_dir: Path, *elsewhere: Path) -> DemoData:
+    """The files of demo set ``name``; ``DemoDataMissing`` when tau2 was never fetched (nor is
+    in one of the folders ``elsewhere``)."""
     from clients.data import DATA_SET_HELP, find_data_set
 
     if name is DemoSet.DEMO:
         return DemoData(name, STORE, (ARTICLES,), HERE / "tickets.jsonl")
-    root = find_data_set("tau2", data_dir)
+    root = find_data_set("tau2", data_dir, *elsewhere)
     if root is None:
         raise DemoDataMissing(f"the tau2 demo {DATA_SET_HELP}")
     tau2 = root / "tau2"

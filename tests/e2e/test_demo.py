@@ -49,9 +49,10 @@ def demo(
     data_dir = tmp_path_factory.mktemp(f"demo-{data_set}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTMESH_")}
     env["SUPPORTMESH_DATA_DIR"] = str(data_dir)
-    if data_set is DemoSet.TAU2:
-        env["SUPPORTMESH_SHARED_DATA"] = str(require_shared_data())
-    data = demo_data(data_set, data_dir)
+    shared = [require_shared_data()] if data_set is DemoSet.TAU2 else []
+    if shared:
+        env["SUPPORTMESH_SHARED_DATA"] = str(shared[0])
+    data = demo_data(data_set, data_dir, *shared)
     log = data_dir.parent / f"{data_dir.name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

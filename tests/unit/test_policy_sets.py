@@ -23,6 +23,7 @@ GOALS = {
     "tickets_tau2": 0.85,
     "tickets_tau2_late": 0.85,
     "tickets_tau2_late2": 0.85,
+    "tickets_tau2_late3": 0.85,
 }
 
 
