@@ -251,6 +251,8 @@ def _names_the_order(lowered: str, span: catalogue.ProductSpan) -> bool:
         r"\b(?:order|delivery|shipment|package)\s*(?:#?w\d{7}\s*)?$", lowered[:opened]
     ):
         return True  # "my delivered order (espresso machine, office chair etc)"
+    if re.match(r"\s*(?:'s )?(?:order|purchase|delivery|shipment|package)\b", lowered[span.end :]):
+        return True  # "the headphones from my espresso machine order"
     return bool(
         re.search(
             r"\b(?:order|one|delivery|shipment|package)(?: that)?(?: also)? (?:with|has|had|holds|"
@@ -338,12 +340,34 @@ def choose_items(
             plural = bool(re.search(r"s\b", said)) and not re.search(
                 r"\b(?:one of|either)\b", lowered[max(0, mention.start - 20) : mention.start]
             )
+            if plural and _every_one(lowered[max(0, mention.start - 30) : mention.start], same):
+                chosen.extend(i for i in same if not any(i is c for c in chosen))
+                continue  # "both grills: the charcoal one and the electric one"
             narrowed = _described(text, request, mention, same, products)
             if len(narrowed) != 1 and not (plural and len(narrowed) == len(same)):
                 return Found(why="which_items")
             same = narrowed
         chosen.extend(i for i in same if not any(i is c for c in chosen))
     return Found(chosen)
+
+
+COUNTS = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4}
+
+
+def _every_one(before: str, items: list[Item]) -> bool:
+    """Whether the words before a plural product say every one of them: "both", "all (of)
+    the", or their number ("the two grills")."""
+    said = re.search(
+        r"\b(?:(both|all|each|every one)(?: of)?(?: (?:the|my|those|these))?(?: (\w+))?"
+        r"|(?:the|my|those|these) (\w+))\s*$",
+        before,
+    )
+    if said is None or re.search(r"\b(?:one|either|which|whichever|neither|any) of\b", before):
+        return False  # "whichever of the two kettles was cheaper"
+    number = said.group(2) or said.group(3)
+    if said.group(1) and (number is None or number in ("the", "my", "those", "these")):
+        return True
+    return COUNTS.get(number or "") == len(items)
 
 
 def _described(

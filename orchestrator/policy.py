@@ -180,8 +180,20 @@ def plan(
         return Plan(blocked="unidentified")
     deciding = _Deciding(text, customer, orders, products)
     names = sorted({i["name"] for o in orders for i in o["items"]})
+    taken = False  # whether the request before made a write
     for request in _continued(_asked(text), text, names):
+        if reading.is_fallback(text, request):
+            # "swap it for the large one. If not, cancel the order": the other branch only when
+            # the first could not be done because the store has no such thing.
+            unavailable = deciding.declined and deciding.declined[-1].why in (
+                "unavailable",
+                "no_variant",
+            )
+            if taken or not unavailable:
+                continue
+        before = len(deciding.actions)
         deciding.decide(request)
+        taken = len(deciding.actions) > before
     for request in reading.requests(text):
         if request.intent == "info":
             deciding.look_up(request)
@@ -450,7 +462,11 @@ class _Deciding:
             method = pays.records[0]
             balance = self.customer["payment_methods"].get(method, {}).get("balance")
             if balance is not None and difference > Decimal(str(balance)):
-                self._decline(request, "gift_card_balance", order["order_id"])
+                detail = (
+                    f"The change costs ${difference:.2f} more; "
+                    f"the card holds ${Decimal(str(balance)):.2f}."
+                )
+                self._decline(request, "gift_card_balance", order["order_id"], detail)
                 continue
             delivered = order["status"] == "delivered"
             changes = "; ".join(
@@ -542,7 +558,11 @@ class _Deciding:
             method = named[0]
             balance = self.customer["payment_methods"][method].get("balance")
             if balance is not None and Decimal(str(balance)) < Decimal(str(order["total"])):
-                self._decline(request, "gift_card_balance", order["order_id"])
+                detail = (
+                    f"The order's total is ${Decimal(str(order['total'])):.2f}; "
+                    f"the card holds ${Decimal(str(balance)):.2f}."
+                )
+                self._decline(request, "gift_card_balance", order["order_id"], detail)
                 continue
             was = f" instead of {method_label(self.customer, current)}" if current else ""
             self.actions.append(

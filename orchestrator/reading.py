@@ -94,6 +94,16 @@ FALLBACK = re.compile(
     re.I,
 )
 
+# A request that is the other branch of the one before: "If not, just cancel the order."
+FALLBACK_OPENING = re.compile(
+    r"^\W*(?:(?:and|but|or)\s+)?(?:if not|otherwise|failing that|or else|else"
+    r"|if (?:that|it|this|they|those|there)(?:'s| is| are|'re)? (?:not|isn'?t|aren'?t)\b[^,]{0,40}"
+    r"|if (?:you|they) (?:don'?t|do not|can'?t|cannot|won'?t)\b[^,]{0,60}"
+    r"|if (?:that|it|this|one)(?: \w+){0,3} (?:is|'s) (?:unavailable|out of stock|sold out)\b"
+    r"[^,]{0,20})",
+    re.I,
+)
+
 
 QUOTED = re.compile(
     r"^-{2,}\s*(?:forwarded|original) message|^from: .*\n(?:sent|date|to|subject): |^on .{5,80} "
@@ -275,3 +285,9 @@ def address_in(text: str, wider: str | None = None) -> dict[str, str] | None:
     if fixed:
         address["zip"] = next(g for g in fixed.groups() if g)
     return address
+
+
+def is_fallback(text: str, request: Request) -> bool:
+    """Whether the request's sentence opens as the other branch of a condition before it."""
+    start = request.levels[1][0]
+    return bool(FALLBACK_OPENING.search(folded(text[start : request.at])))

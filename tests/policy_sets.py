@@ -5,10 +5,10 @@ with the CRM's own matching rules).
 Sets (``tests/data``): ``tickets`` (78, demo store; the rules' first tuning set),
 ``tickets_heldout`` (32, demo store), ``tickets_tau2`` (120, tau2-bench's retail store, written
 by two helpers who had not read the policy), ``tickets_tau2_late`` (40, the same store, written
-after the rules were done), ``tickets_tau2_late2`` and ``tickets_tau2_late3`` (40 each, by a
-fourth and a fifth helper, each after the fixes the batch before led to). A tau2 ticket's
-``expected.writes`` are the exact writes its answer key wants; a demo-store ticket's
-``expected.action`` is one write or none.
+after the rules were done), ``tickets_tau2_late2``, ``tickets_tau2_late3`` and
+``tickets_tau2_late4`` (40 each, by a fourth, fifth and sixth helper, each after the fixes the
+batch before led to). A tau2 ticket's ``expected.writes`` are the exact writes its answer key
+wants; a demo-store ticket's ``expected.action`` is one write or none.
 
 Scoring: a ticket is exact when the planned writes equal the expected ones (items of a write in
 any order, each with its new item). A planned write not expected is a wrong write; an expected
@@ -37,6 +37,7 @@ SETS = {
     "tickets_tau2_late": "tau2",
     "tickets_tau2_late2": "tau2",
     "tickets_tau2_late3": "tau2",
+    "tickets_tau2_late4": "tau2",
 }
 
 

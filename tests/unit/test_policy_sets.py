@@ -24,6 +24,8 @@ GOALS = {
     "tickets_tau2_late": 0.85,
     "tickets_tau2_late2": 0.85,
     "tickets_tau2_late3": 0.85,
+    # Below the goal: its first score was 60 % and its misses are not fixed yet (README).
+    "tickets_tau2_late4": 0.65,
 }
 
 
