@@ -127,8 +127,10 @@ NOT_NAMES = frozenset(
 # What introduces a name, whatever its case: "my name is jane doe", "this is Jane Doe".
 NAME_CUE = re.compile(
     r"\b(?:my name(?:'s| is)|name(?:'s| is)|this is|i am|i'm|im|it'?s|me:|from:|signed,?)\s+"
-    r"|(?:^|[.,;!?]\s*)name\s*:?\s+",
-    re.I,
+    r"|(?:^|[.,;!?]\s*)name\s*:?\s+"
+    # "hello, emma silva, dallas tx 75217": two words after a greeting, then a stop
+    r"|^\s*(?:hi|hello|hey)(?: there)?\s*[,!-]\s*(?=[a-z][\w'’-]+\s+[a-z][\w'’-]+\s*[,.\n])",
+    re.I | re.M,
 )
 STATES = {
     "alabama": "AL", "alaska": "AK", "arizona": "AZ", "arkansas": "AR", "california": "CA",
@@ -216,6 +218,9 @@ def names(text: str) -> list[tuple[str, str]]:
     signed: list[tuple[str, str]] = []
     for line in reversed(text.splitlines()):
         words = WORD.findall(line)
+        inverted = re.fullmatch(r"\s*([A-Za-z][\w'’-]+),\s*([A-Za-z][\w'’-]+)\s*", line)
+        if inverted and all(_nameish(w) for w in inverted.groups()):
+            signed.append((inverted.group(2), inverted.group(1)))  # "GONZALEZ, Amelia"
         if 2 <= len(words) <= 4:
             signed.extend(_pairs([w for w in words if _nameish(w)][:3]))
     capitalised: list[tuple[str, str]] = []

@@ -38,7 +38,8 @@ INTENTS: dict[str, str] = {
     r"|\b(?:should|to|can|could|must|will) (?:go|ship|be (?:sent|shipped|delivered)) to\b"
     r"|\b(?:shipping|delivery) ad+ress\b|\bchange (?:it|the address|that) to \d"
     r"|\baddress (?:on|of|for) (?:the|my|this|that|both|all)(?! (?:account|profile|file))"
-    r"|\bgoing to (?:an? |my )?(?:old|wrong|previous)\b",
+    r"|\bgoing to (?:an? |my )?(?:old|wrong|previous)\b"
+    r"|\bchange where\b[^.!?\n]{0,40}\b(?:ships?|shipping|goes|going|sent|delivered)\b",
     "profile_address": r"\b(?:update|change|set|make|put|switch|correct)\w*\b[^.!?\n]{0,40}?"
     r"\b(?:(?:default|account|profile|home|billing) address|address (?:on|in|of|for) (?:my |the )?"
     r"(?:account|profile|file)|my address\b)"
@@ -49,7 +50,8 @@ INTENTS: dict[str, str] = {
     r"(?:profile|account|default)\b|\bupdate (?:it|this|that|my address|the address) everywhere\b"
     r"|\bmake (?:that|this|it|the)(?: \w+){0,2} (?:address )?(?:the |my )?default\b"
     r"|\bupdate (?:my |the )?(?:account|profile)\b",
-    "payment": r"\bpay (?:for [^.?!\n]{0,40}? )?(?:with|using|by|via|on)\b"
+    "payment": r"\bpay (?:for [^.?!\n]{0,40}? |(?:it|that|this|them)(?: one| order)? )?"
+    r"(?:with|using|by|via|on)\b"
     r"|\bcharge (?:it|this|that|the|my)\b[^.?!\n]{0,80}? (?:to|on) (?:my|the)\b"
     r"|\b(?:instead of|rather than|not) (?:on |with |to )?(?:my |the )?(?:visa|pay ?pal|"
     r"master ?card|amex|credit card|gift card|card)\b"
@@ -98,7 +100,7 @@ FALLBACK = re.compile(
 FALLBACK_OPENING = re.compile(
     r"^\W*(?:(?:and|but|or)\s+)?(?:if not|otherwise|failing that|or else|else"
     r"|if (?:that|it|this|they|those|there)(?:'s| is| are|'re)? (?:not|isn'?t|aren'?t)\b[^,]{0,40}"
-    r"|if (?:you|they) (?:don'?t|do not|can'?t|cannot|won'?t)\b[^,]{0,60}"
+    r"|if (?:you|they) (?:don'?t|do not|can'?t|cannot|won'?t)\b(?! mind\b)[^,]{0,60}"
     r"|if (?:that|it|this|one)(?: \w+){0,3} (?:is|'s) (?:unavailable|out of stock|sold out)\b"
     r"[^,]{0,20})",
     re.I,

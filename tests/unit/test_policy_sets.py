@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from clients.data import DATA_SET_HELP
-from orchestrator import policy, replies
+from orchestrator import policy, reading, replies
 from tests.conftest import shared_data
 from tests.policy_sets import Run, expected_writes, run, store_for, table, tickets
 
@@ -24,8 +24,8 @@ GOALS = {
     "tickets_tau2_late": 0.85,
     "tickets_tau2_late2": 0.85,
     "tickets_tau2_late3": 0.85,
-    # Below the goal: its first score was 60 % and its misses are not fixed yet (README).
-    "tickets_tau2_late4": 0.65,
+    # Below the goal: its first score was 60 % and some misses are not fixed yet (README).
+    "tickets_tau2_late4": 0.75,
 }
 
 
@@ -229,3 +229,18 @@ def test_a_refund_above_the_threshold_or_for_a_vip_waits_for_a_human() -> None:
         ).needs_approval
         is None
     )
+
+
+def test_a_request_that_opens_as_the_other_branch_is_a_fallback_and_a_polite_if_is_not() -> None:
+    """ "If not, just cancel it" is done only when the swap before it cannot be; "if you don't
+    mind, cancel it" is a request of its own."""
+    for text, fallback in [
+        ("Please swap it for the large one. If not, just cancel the order.", True),
+        ("Swap it for the large one. Otherwise cancel the order, I no longer need it.", True),
+        ("If you don't have it in large, cancel the order.", True),
+        ("If you don't mind, please cancel the order. I no longer need it.", False),
+        ("Please cancel the order, I no longer need it.", False),
+    ]:
+        cancels = [r for r in reading.requests(text) if r.intent == "cancel"]
+        assert cancels, text
+        assert reading.is_fallback(text, cancels[0]) is fallback, text
